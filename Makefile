@@ -1,0 +1,38 @@
+# One task runner; CI calls these targets verbatim.
+SHELL := /bin/bash
+export UV_PYTHON ?= 3.11
+export UV_PYTHON_PREFERENCE ?= only-system
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+RUN := $(UV) run --frozen
+
+.PHONY: install up down status test test-unit test-integration lint bench clean
+
+install: ## Create .venv with the exact locked versions (installs uv if missing).
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --frozen
+
+up: install ## Start the whole embedded stack in the background; `make down` stops it.
+	$(RUN) freshrank up --detach
+
+down: ## Stop the embedded stack.
+	$(RUN) freshrank down
+
+status:
+	$(RUN) freshrank status
+
+test: install ## Unit, integration and reliability tests (starts its own broker, Redis and Flink).
+	$(RUN) pytest
+
+test-unit: install
+	$(RUN) pytest tests/unit
+
+test-integration: install
+	$(RUN) pytest tests/integration
+
+lint: install ## ruff and mypy --strict on the packages.
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+
+clean:
+	rm -rf .freshrank .pytest_cache .mypy_cache .ruff_cache

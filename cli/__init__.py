@@ -1,0 +1,1 @@
+"""The `freshrank` command line and the embedded local stack it supervises."""

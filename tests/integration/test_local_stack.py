@@ -1,0 +1,68 @@
+"""`freshrank up --detach` / `status --json` / `generate` / `down`, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from cli.stack import pid_alive
+
+
+def freshrank(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+    )
+
+
+def count_records(bootstrap: str, topic: str, partitions: int, quiet_s: float = 3.0) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "count", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    count, last_seen = 0, time.monotonic()
+    try:
+        while time.monotonic() - last_seen < quiet_s:
+            batch = consumer.consume(1000, 0.5)
+            if batch:
+                count += len(batch)
+                last_seen = time.monotonic()
+    finally:
+        consumer.close()
+    return count
+
+
+def test_up_status_generate_down_round_trip(tmp_path: Path) -> None:
+    state_dir = str(tmp_path / "state")
+    up = freshrank("up", "--detach", "--state-dir", state_dir, "--broker-port", "0", "--redis-port", "0")
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        status = freshrank("status", "--json", "--state-dir", state_dir)
+        assert status.returncode == 0, status.stdout + status.stderr
+        report = json.loads(status.stdout)
+        assert report["healthy"] is True
+        assert set(report["components"]) == {"broker", "redis"}
+        assert all(c["healthy"] for c in report["components"].values())
+        bootstrap = report["components"]["broker"]["address"]
+
+        second = freshrank("up", "--detach", "--state-dir", state_dir)
+        assert second.returncode == 1 and "already running" in second.stderr
+
+        generate = freshrank(
+            "generate", "--rate", "1000", "--seconds", "3", "--seed", "7", "--state-dir", state_dir
+        )
+        assert generate.returncode == 0, generate.stdout + generate.stderr
+        published = count_records(bootstrap, "interactions", partitions=8)
+        assert 2700 <= published <= 3300
+        assert (Path(state_dir) / "synthetic" / "truth-seed7.parquet").exists()
+    finally:
+        down = freshrank("down", "--state-dir", state_dir)
+    assert down.returncode == 0, down.stdout + down.stderr
+    pids = [report["supervisor_pid"], *(c["pid"] for c in report["components"].values())]
+    assert not any(pid_alive(pid) for pid in pids)
+    after = freshrank("status", "--json", "--state-dir", state_dir)
+    assert after.returncode == 1
+    assert json.loads(after.stdout)["running"] is False

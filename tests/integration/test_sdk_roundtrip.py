@@ -1,0 +1,103 @@
+"""The SDK against a real broker: what goes in comes out, byte for byte, in per-user order."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from features.codec import EventCodec
+from features.events import EventType, InteractionEvent
+from sdk.errors import InvalidEventError
+from sdk.publisher import EventPublisher, wall_clock_ms
+from sdk.settings import KafkaSettings
+
+codec = EventCodec()
+
+
+def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list[tuple[int, bytes, bytes]]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-reader", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(8)])
+    records: list[tuple[int, bytes, bytes]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                assert message.error() is None, message.error()
+                records.append((message.partition(), message.key(), message.value()))
+        # Linger a little: more records than expected would be a bug too.
+        for message in consumer.consume(1000, 1.0):
+            records.append((message.partition(), message.key(), message.value()))
+    finally:
+        consumer.close()
+    return records
+
+
+def synthetic_events(count: int, users: int) -> list[InteractionEvent]:
+    start = wall_clock_ms() - 60_000
+    kinds = list(EventType)
+    return [
+        InteractionEvent(
+            event_id=f"ev-{i}",
+            user_id=f"user-{i % users}",
+            item_id=f"item-{(i * 7) % 301}",
+            event_type=kinds[i % len(kinds)],
+            event_time_ms=start + i,
+            watch_ms=(i * 13) % 60_000 if kinds[i % len(kinds)] is EventType.VIEW else None,
+            position=i % 10,
+            country="DE",
+        )
+        for i in range(count)
+    ]
+
+
+def test_ten_thousand_events_arrive_byte_for_byte_in_per_user_order(bootstrap: str, fresh_topic: str) -> None:
+    events = synthetic_events(10_000, users=137)
+    delivered: list[str] = []
+    settings = KafkaSettings(bootstrap_servers=bootstrap, topic=fresh_topic)
+    with EventPublisher(settings, on_delivery=lambda e, err: delivered.append(e.event_id) if err is None else None) as p:
+        for event in events:
+            p.publish(event)
+    assert p.stats.delivered == 10_000 and p.stats.failed == 0
+    assert len(delivered) == 10_000
+
+    records = read_all(bootstrap, fresh_topic, expected=10_000)
+    assert len(records) == 10_000
+    assert sorted(value for _, _, value in records) == sorted(codec.encode(e) for e in events)
+
+    per_user: dict[bytes, list[str]] = collections.defaultdict(list)
+    partitions_of_user: dict[bytes, set[int]] = collections.defaultdict(set)
+    for partition, key, value in records:
+        decoded = codec.decode(value)
+        assert isinstance(decoded, InteractionEvent)
+        assert key == decoded.user_id.encode()
+        per_user[key].append(decoded.event_id)
+        partitions_of_user[key].add(partition)
+    for user, event_ids in per_user.items():
+        sent_order = [e.event_id for e in events if e.user_id.encode() == user]
+        assert event_ids == sent_order
+        assert len(partitions_of_user[user]) == 1
+    assert len({p for ps in partitions_of_user.values() for p in ps}) == 8  # keys spread over partitions
+
+
+def test_invalid_events_are_refused_before_anything_is_sent(bootstrap: str, fresh_topic: str) -> None:
+    settings = KafkaSettings(bootstrap_servers=bootstrap, topic=fresh_topic)
+    good = synthetic_events(3, users=1)
+    bad = [
+        InteractionEvent("x1", "", "i", EventType.CLICK, wall_clock_ms()),
+        InteractionEvent("x2", "u", "i", EventType.CLICK, wall_clock_ms() + 86_400_000),
+        InteractionEvent("x3", "u", "i", EventType.VIEW, wall_clock_ms(), watch_ms=-5),
+    ]
+    with EventPublisher(settings) as publisher:
+        publisher.publish(good[0])
+        for event, field in zip(bad, ["user_id", "event_time", "watch_ms"], strict=True):
+            with pytest.raises(InvalidEventError) as raised:
+                publisher.publish(event)
+            assert raised.value.field == field
+        with pytest.raises(InvalidEventError):
+            publisher.publish_many([good[1], bad[0], good[2]])
+    assert publisher.stats.accepted == 1 and publisher.stats.delivered == 1
+    records = read_all(bootstrap, fresh_topic, expected=1, timeout_s=10)
+    assert [value for _, _, value in records] == [codec.encode(good[0])]
