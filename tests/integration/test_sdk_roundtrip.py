@@ -57,9 +57,15 @@ def test_ten_thousand_events_arrive_byte_for_byte_in_per_user_order(bootstrap: s
     events = synthetic_events(10_000, users=137)
     delivered: list[str] = []
     settings = KafkaSettings(bootstrap_servers=bootstrap, topic=fresh_topic)
-    with EventPublisher(settings, on_delivery=lambda e, err: delivered.append(e.event_id) if err is None else None) as p:
+
+    def on_delivery(event: InteractionEvent, error: object) -> None:
+        if error is None:
+            delivered.append(event.event_id)
+
+    with EventPublisher(settings, on_delivery=on_delivery) as publisher:
         for event in events:
-            p.publish(event)
+            publisher.publish(event)
+    p = publisher
     assert p.stats.delivered == 10_000 and p.stats.failed == 0
     assert len(delivered) == 10_000
 
