@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from cli.stack import (
     local_components,
     pid_alive,
     read_state,
+    stream_detail,
     tail,
 )
 
@@ -59,11 +61,14 @@ def up(
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Return once every part is healthy.")] = False,
     broker_port: Annotated[int | None, typer.Option(help="Kafka port (default 9092; 0 = free port).")] = None,
     redis_port: Annotated[int | None, typer.Option(help="Redis port (default 6379; 0 = free port).")] = None,
+    stream_port: Annotated[int | None, typer.Option(help="Stream job /metrics port (default 9464).")] = None,
     state_dir: StateDir = None,
-    timeout: Annotated[float, typer.Option(help="Seconds --detach waits for health.")] = 180.0,
+    timeout: Annotated[float, typer.Option(help="Seconds --detach waits for health.")] = 300.0,
 ) -> None:
-    """Start the embedded stack (broker, Redis, ...) as supervised child processes."""
-    settings = stack_settings(state_dir, broker_port=broker_port, redis_port=redis_port)
+    """Start the embedded stack (broker, Redis, stream job) as supervised child processes."""
+    settings = stack_settings(
+        state_dir, broker_port=broker_port, redis_port=redis_port, stream_metrics_port=stream_port
+    )
     state = read_state(settings)
     if state and pid_alive(state.get("supervisor_pid")):
         raise fail(
@@ -78,6 +83,9 @@ def up(
     if detach:
         _up_detached(settings, components_ports(components), timeout)
         return
+    # The embedded broker keeps its log in memory only: checkpoints of an earlier stack
+    # point at offsets that no longer exist, so a new stack starts the job afresh.
+    shutil.rmtree(settings.state_dir / "checkpoints", ignore_errors=True)
     supervisor = Supervisor(settings, components, log=lambda line: console.print(f"[dim]up:[/] {line}"))
     try:
         supervisor.run(on_ready=lambda: console.print("[green]stack is up[/]; Ctrl-C or `freshrank down` stops it"))
@@ -172,6 +180,8 @@ def _print_status(settings: StackSettings, as_json: bool) -> bool:
             "restarts": info["restarts"],
             "healthy": running and component_health(name, info["address"]),
         }
+        if name == "stream" and running:
+            components[name]["detail"] = stream_detail(info["address"])
     healthy = running and bool(components) and all(c["healthy"] for c in components.values())
     report = {
         "running": running,
@@ -187,11 +197,18 @@ def _print_status(settings: StackSettings, as_json: bool) -> bool:
         console.print(f"no local stack is running (state dir {settings.state_dir}); start it with `freshrank up`")
         return False
     table = Table(title=f"freshrank local stack (supervisor pid {report['supervisor_pid']})")
-    for column in ("component", "address", "pid", "restarts", "health"):
+    for column in ("component", "address", "pid", "restarts", "health", "detail"):
         table.add_column(column)
     for name, info in components.items():
         health = "[green]healthy[/]" if info["healthy"] else "[red]down[/]"
-        table.add_row(name, str(info["address"]), str(info["pid"]), str(info["restarts"]), health)
+        detail = info.get("detail")
+        text = (
+            f"freshness p50 {detail['freshness_p50_ms']:.0f} ms, p99 {detail['freshness_p99_ms']:.0f} ms "
+            f"(last 60 s); lag {detail['consumer_lag']:.0f}; {detail['events_admitted']:.0f} events"
+            if isinstance(detail, dict)
+            else ""
+        )
+        table.add_row(name, str(info["address"]), str(info["pid"]), str(info["restarts"]), health, text)
     console.print(table)
     return healthy
 
@@ -239,8 +256,11 @@ def generate(
     )
     out_dir = (state_dir or stack_settings(None).state_dir) / "synthetic"
     truth_path = truth or out_dir / f"truth-seed{seed}.parquet"
-    catalog_path = truth_path.with_name(f"catalog-seed{seed}.parquet")
+    # The stream job reads item categories from <state dir>/catalog.parquet.
+    catalog_path = (state_dir or stack_settings(None).state_dir) / "catalog.parquet"
     expected = int(rate * seconds)
+    catalog_path.parent.mkdir(parents=True, exist_ok=True)
+    write_catalog(world.catalog(), catalog_path)
     wall_start = time.monotonic()
     published = 0
     try:
@@ -261,12 +281,39 @@ def generate(
         raise fail(f"{error} (bootstrap servers {settings.bootstrap_servers})") from None
     elapsed = time.monotonic() - wall_start
     write_ground_truth(world.ground_truth, truth_path)
-    write_catalog(world.catalog(), catalog_path)
     console.print(
         f"published {published} events to {settings.topic} at {settings.bootstrap_servers} "
         f"in {elapsed:.1f} s ({published / elapsed:.0f} events/s); all acknowledged"
     )
     console.print(f"ground truth: {truth_path}; catalog: {catalog_path}")
+
+
+@app.command()
+def stream(
+    parallelism: Annotated[int | None, typer.Option(help="Parallelism of readers and feature operators.")] = None,
+) -> None:
+    """Run the PyFlink feature job (Kafka -> features -> Feast online store) until stopped.
+
+    Settings come from FRESHRANK_STREAM_* variables (see README). After a crash it
+    resumes from the newest retained checkpoint in FRESHRANK_STREAM_CHECKPOINT_DIR.
+    """
+    import logging
+
+    from streaming.job import latest_checkpoint, run
+    from streaming.settings import StreamSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = StreamSettings() if parallelism is None else StreamSettings(parallelism=parallelism)
+    try:
+        java_version()
+    except StackError as error:
+        raise fail(str(error)) from None
+    restore = latest_checkpoint(settings.checkpoint_dir)
+    console.print(
+        f"stream job: {settings.bootstrap_servers}/{settings.topic} -> Redis {settings.redis_address}; "
+        f"{'resuming from ' + str(restore) if restore else 'no checkpoint, starting from the earliest offsets'}"
+    )
+    run(settings)
 
 
 def _progress() -> Progress:

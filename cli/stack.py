@@ -46,6 +46,7 @@ class StackSettings(BaseSettings):
     host: str = Field("127.0.0.1", description="IPv4 address every local service listens on.")
     broker_port: int = Field(9092, ge=0, le=65535, description="Kafka port; 0 picks a free one.")
     redis_port: int = Field(6379, ge=0, le=65535, description="Redis port; 0 picks a free one.")
+    stream_metrics_port: int = Field(9464, ge=0, le=65535, description="Stream job /metrics port; 0: free.")
     partitions: int = Field(8, gt=0, description="Partitions of the interactions topic.")
 
     @property
@@ -126,7 +127,9 @@ class Component:
     command: list[str]
     healthy: Callable[[], bool]
     after_start: Callable[[], None] = lambda: None
+    before_start: Callable[[], None] = lambda: None
     env: dict[str, str] = field(default_factory=dict)
+    startup_timeout_s: float = 60.0
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
 
@@ -218,6 +221,69 @@ def redis_component(settings: StackSettings, port: int) -> Component:
     )
 
 
+def scrape(address: str, timeout_s: float = 5.0) -> dict[str, float] | None:
+    """Prometheus text of http://address/metrics as {series: value}; None if unreachable."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    series: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            series[name] = float(value)
+    return series
+
+
+def metrics_healthy(address: str) -> bool:
+    return scrape(address) is not None
+
+
+def stream_detail(address: str) -> dict[str, float] | None:
+    """What `freshrank status` shows of the stream job: freshness over the last minute, lag, events."""
+    series = scrape(address)
+    if series is None:
+        return None
+    return {
+        "freshness_p50_ms": 1000 * series.get('freshrank_stream_freshness_recent_seconds{quantile="0.5"}', 0.0),
+        "freshness_p99_ms": 1000 * series.get('freshrank_stream_freshness_recent_seconds{quantile="0.99"}', 0.0),
+        "consumer_lag": sum(v for k, v in series.items() if k.startswith("freshrank_stream_consumer_lag{")),
+        "events_admitted": series.get('freshrank_stream_events_total{outcome="admitted"}', 0.0),
+        "rows_written": sum(v for k, v in series.items() if k.startswith("freshrank_stream_rows_written_total{")),
+    }
+
+
+def stream_component(settings: StackSettings, broker: Component, redis: Component, metrics_port: int) -> Component:
+    """The PyFlink job in a local mini-cluster; healthy once its operators serve /metrics."""
+    registry = (settings.state_dir / "feast" / "registry.db").resolve()
+    address = f"{settings.host}:{metrics_port}"
+
+    def apply_feast() -> None:
+        from feature_repo.store import apply
+
+        apply(redis.address, registry)
+
+    return Component(
+        name="stream",
+        address=address,
+        command=[sys.executable, "-m", "cli", "stream"],
+        healthy=lambda: metrics_healthy(address),
+        before_start=apply_feast,
+        env={
+            "FRESHRANK_STREAM_BOOTSTRAP_SERVERS": broker.address,
+            "FRESHRANK_STREAM_REDIS_ADDRESS": redis.address,
+            "FRESHRANK_STREAM_FEAST_REGISTRY": str(registry),
+            "FRESHRANK_STREAM_CHECKPOINT_DIR": str((settings.state_dir / "checkpoints").resolve()),
+            "FRESHRANK_STREAM_CATALOG_PATH": str((settings.state_dir / "catalog.parquet").resolve()),
+            "FRESHRANK_STREAM_METRICS_PORT": str(metrics_port),
+        },
+        startup_timeout_s=300.0,
+    )
+
+
 def _die_with_parent() -> None:
     """Child-side hook: get SIGTERM when the supervisor dies, so no orphan outlives it (Linux)."""
     with contextlib.suppress(Exception):
@@ -230,6 +296,7 @@ def _die_with_parent() -> None:
 
 def start_process(component: Component, log_dir: Path) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
+    component.before_start()
     log = open(log_dir / f"{component.name}.log", "ab")  # noqa: SIM115 - the child owns it
     try:
         component.process = subprocess.Popen(
@@ -238,6 +305,8 @@ def start_process(component: Component, log_dir: Path) -> None:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **component.env},
+            # Own process group: stopping a component also stops what it started (the Flink JVM).
+            start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
     except OSError as error:
@@ -246,7 +315,8 @@ def start_process(component: Component, log_dir: Path) -> None:
         log.close()
 
 
-def wait_healthy(component: Component, log_dir: Path, timeout_s: float = 60.0) -> None:
+def wait_healthy(component: Component, log_dir: Path, timeout_s: float | None = None) -> None:
+    timeout_s = timeout_s or component.startup_timeout_s
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if component.process is not None and component.process.poll() is not None:
@@ -265,11 +335,13 @@ def stop_process(component: Component, grace_s: float = 10.0) -> None:
     process = component.process
     if process is None or process.poll() is not None:
         return
-    process.terminate()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
     try:
         process.wait(grace_s)
     except subprocess.TimeoutExpired:
-        process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
@@ -281,7 +353,7 @@ def tail(path: Path, lines: int = 15) -> str:
 
 
 @contextlib.contextmanager
-def running(component: Component, log_dir: Path, timeout_s: float = 60.0) -> Iterator[Component]:
+def running(component: Component, log_dir: Path, timeout_s: float | None = None) -> Iterator[Component]:
     """Start a component, wait until healthy, stop it on exit. Used by tests and benchmarks."""
     start_process(component, log_dir)
     try:
@@ -397,7 +469,10 @@ def local_components(settings: StackSettings) -> list[Component]:
     """The components of `freshrank up`, in start order, with their ports claimed."""
     broker_port = claim_port(settings.host, settings.broker_port, "broker", "--broker-port")
     redis_port = claim_port(settings.host, settings.redis_port, "Redis server", "--redis-port")
-    return [broker_component(settings, broker_port), redis_component(settings, redis_port)]
+    metrics_port = claim_port(settings.host, settings.stream_metrics_port, "stream job metrics", "--stream-port")
+    broker = broker_component(settings, broker_port)
+    redis = redis_component(settings, redis_port)
+    return [broker, redis, stream_component(settings, broker, redis, metrics_port)]
 
 
 def component_health(name: str, address: str) -> bool:
@@ -406,4 +481,6 @@ def component_health(name: str, address: str) -> bool:
         return broker_healthy(address)
     if name == "redis":
         return redis_healthy(host, int(port))
+    if name == "stream":
+        return metrics_healthy(address)
     return False

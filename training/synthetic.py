@@ -295,9 +295,7 @@ def _uuids(rng: np.random.Generator, n: int) -> ObjectArray:
     return out
 
 
-def _capped_exponential(
-    rng: np.random.Generator, shape: tuple[int, ...], low: int, mean: int, high: int
-) -> IntArray:
+def _capped_exponential(rng: np.random.Generator, shape: tuple[int, ...], low: int, mean: int, high: int) -> IntArray:
     delay = low + np.minimum(rng.exponential(mean, shape), high - low - 1)
     return delay.astype(np.int64)
 
@@ -323,9 +321,7 @@ class SyntheticWorld:
         initial_created = start - rng.integers(1, INITIAL_CATALOG_SPAN_MS, config.items)
         new_created = rng.integers(start, end, n_new)
         # Items are numbered in creation order, so the items that exist at time t are a prefix.
-        self._item_created: IntArray = np.sort(np.concatenate([initial_created, new_created])).astype(
-            np.int64
-        )
+        self._item_created: IntArray = np.sort(np.concatenate([initial_created, new_created])).astype(np.int64)
         creator = rng.integers(0, n_creators, n_items)
         own_category = rng.random(n_items) < 0.7
         self._item_category: IntArray = np.where(
@@ -716,12 +712,8 @@ class _Run:
         skipped = examined & ~clicked & (u[6] < SKIP_GIVEN_PASSED)
 
         shown = times[:, None] + IMPRESSION_SPACING_MS * np.arange(s, dtype=np.int64)
-        click_delay = _capped_exponential(
-            rng, (n, s), CLICK_DELAY_MIN_MS, CLICK_DELAY_MEAN_MS, CLICK_DELAY_MAX_MS
-        )
-        skip_delay = _capped_exponential(
-            rng, (n, s), SKIP_DELAY_MIN_MS, SKIP_DELAY_MEAN_MS, SKIP_DELAY_MAX_MS
-        )
+        click_delay = _capped_exponential(rng, (n, s), CLICK_DELAY_MIN_MS, CLICK_DELAY_MEAN_MS, CLICK_DELAY_MAX_MS)
+        skip_delay = _capped_exponential(rng, (n, s), SKIP_DELAY_MIN_MS, SKIP_DELAY_MEAN_MS, SKIP_DELAY_MAX_MS)
         click_at = shown + click_delay
         skip_at = shown + skip_delay
         view_at = click_at + watch

@@ -51,9 +51,7 @@ def test_up_status_generate_down_round_trip(tmp_path: Path) -> None:
         second = freshrank("up", "--detach", "--state-dir", state_dir)
         assert second.returncode == 1 and "already running" in second.stderr
 
-        generate = freshrank(
-            "generate", "--rate", "1000", "--seconds", "3", "--seed", "7", "--state-dir", state_dir
-        )
+        generate = freshrank("generate", "--rate", "1000", "--seconds", "3", "--seed", "7", "--state-dir", state_dir)
         assert generate.returncode == 0, generate.stdout + generate.stderr
         published = count_records(bootstrap, "interactions", partitions=8)
         assert 2700 <= published <= 3300

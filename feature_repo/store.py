@@ -1,0 +1,46 @@
+"""Opening the Feast store and running `feast apply` with addresses given in code, not only the environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from feast import FeatureStore
+from feast.repo_config import RepoConfig
+
+REPO_PATH = Path(__file__).parent
+
+
+def feast_env(redis_address: str, registry_path: Path | str) -> dict[str, str]:
+    # Feast resolves a relative registry path against the repo dir; ours are relative to the caller.
+    registry = str(registry_path) if "://" in str(registry_path) else str(Path(registry_path).resolve())
+    return {"FRESHRANK_REDIS_ADDRESS": redis_address, "FRESHRANK_FEAST_REGISTRY": registry}
+
+
+def open_store(redis_address: str, registry_path: Path | str) -> FeatureStore:
+    """A FeatureStore for `feature_store.yaml` with its two variables filled in from the arguments."""
+    text = (REPO_PATH / "feature_store.yaml").read_text()
+    for name, value in feast_env(redis_address, registry_path).items():
+        text = text.replace("${" + name + "}", value)
+    config = RepoConfig(**yaml.safe_load(text))
+    config.repo_path = REPO_PATH
+    return FeatureStore(config=config)
+
+
+def apply(redis_address: str, registry_path: Path | str, timeout_s: float = 300) -> None:
+    """Run `feast apply` on this repo (idempotent). Raises RuntimeError with Feast's output on failure."""
+    if "://" not in str(registry_path):
+        Path(registry_path).parent.mkdir(parents=True, exist_ok=True)
+    feast = Path(sys.executable).with_name("feast")
+    result = subprocess.run(
+        [str(feast), "--chdir", str(REPO_PATH), "apply"],
+        env={**os.environ, **feast_env(redis_address, registry_path)},
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"`feast apply` failed:\n{result.stdout}\n{result.stderr}")

@@ -1,0 +1,107 @@
+"""OnlineStoreSink: writes feature rows to the Feast online store (Redis) in pipelined batches.
+
+Writes go through Feast's provider API, so the Redis encoding stays Feast's and
+`get_online_features` reads what we write. Lifecycle as in quix-streams sinks:
+the constructor stores settings, `open()` connects and checks the connection,
+`write(rows)` sends one batch, and an unreachable Redis is a typed
+`OnlineStoreUnavailable` with a retry-after, never a silent drop.
+
+Feast skips a row whose timestamp is not strictly newer than the stored one;
+the feature operators guarantee strictly increasing `timestamp_us` per key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import DoubleList, StringList, Value
+
+from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
+from feature_repo.store import open_store
+from features.definitions import ITEM_FEATURES, USER_FEATURES, FeatureValue
+from streaming.errors import OnlineStoreUnavailable
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+JOIN_KEYS = {USER_VIEW: "user_id", ITEM_VIEW: "item_id"}
+DTYPES = {
+    USER_VIEW: {spec.name: spec.dtype for spec in USER_FEATURES},
+    ITEM_VIEW: {spec.name: spec.dtype for spec in ITEM_FEATURES},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRow:
+    """One entity's feature values as of `as_of_ms`, to be written with Feast timestamp `timestamp_us`."""
+
+    view: str
+    entity_id: str
+    values: dict[str, FeatureValue]
+    as_of_ms: int
+    timestamp_us: int
+    # Event time of the newest event the values include; None for rows emitted by a timer.
+    newest_event_ms: int | None
+
+
+def to_value(dtype: str, value: FeatureValue) -> Value:
+    if isinstance(value, list):
+        if dtype == "string_list":
+            return Value(string_list_val=StringList(val=[str(v) for v in value]))
+        if dtype == "float_list":
+            return Value(double_list_val=DoubleList(val=[float(v) for v in value]))
+    elif dtype == "int64":
+        return Value(int64_val=int(value))
+    elif dtype == "float64":
+        return Value(double_val=float(value))
+    raise ValueError(f"feature value {value!r} does not fit dtype {dtype}")
+
+
+def timestamp_of(timestamp_us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=timestamp_us)
+
+
+class OnlineStoreSink:
+    def __init__(self, redis_address: str, registry_path: Path | str) -> None:
+        self.redis_address = redis_address
+        self.registry_path = registry_path
+        self._store: Any = None
+        self._views: dict[str, Any] = {}
+
+    def open(self) -> None:
+        self._store = open_store(self.redis_address, self.registry_path)
+        self._views = {name: self._store.get_feature_view(name) for name in (USER_VIEW, ITEM_VIEW)}
+        self._check()
+
+    def _check(self) -> None:
+        host, _, port = self.redis_address.partition(",")[0].rpartition(":")
+        client = redis.Redis(host=host, port=int(port), socket_connect_timeout=2, socket_timeout=2)
+        try:
+            client.ping()
+        except redis.RedisError as error:
+            raise OnlineStoreUnavailable(str(error), retry_after_s=1.0) from error
+        finally:
+            client.close()
+
+    def write(self, rows: Sequence[FeatureRow]) -> None:
+        """Write one batch (one Redis pipeline per view). Raises OnlineStoreUnavailable if Redis is down."""
+        by_view: dict[str, list[tuple[EntityKey, dict[str, Value], datetime, None]]] = {}
+        for row in rows:
+            dtypes = DTYPES[row.view]
+            values = {name: to_value(dtypes[name], value) for name, value in row.values.items()}
+            values[AS_OF_FIELD] = Value(int64_val=row.as_of_ms)
+            key = EntityKey(join_keys=[JOIN_KEYS[row.view]], entity_values=[Value(string_val=row.entity_id)])
+            by_view.setdefault(row.view, []).append((key, values, timestamp_of(row.timestamp_us), None))
+        provider = self._store._get_provider()
+        try:
+            for view, data in by_view.items():
+                provider.online_write_batch(self._store.config, self._views[view], data, None)
+        except (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError) as error:
+            raise OnlineStoreUnavailable(type(error).__name__, retry_after_s=0.5) from error
+
+    def close(self) -> None:
+        self._store = None

@@ -1,0 +1,45 @@
+"""Settings of the stream job (`freshrank stream`), from FRESHRANK_STREAM_* variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StreamSettings(BaseSettings):
+    """Everything the PyFlink job needs. Defaults run against the local stack of `freshrank up`."""
+
+    model_config = SettingsConfigDict(env_prefix="FRESHRANK_STREAM_", frozen=True, extra="forbid")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    topic: str = Field("interactions", description="Topic of interaction events.")
+    dlq_topic: str = Field("interactions.dlq", description="Where undecodable/invalid records go, reason in a header.")
+    consumer_group: str = Field(
+        "freshrank-stream", description="Group id the reader commits offsets under, for lag monitoring only."
+    )
+    redis_address: str = Field("127.0.0.1:6379", description="Redis of the Feast online store (host:port).")
+    feast_registry: Path = Field(Path(".freshrank/feast/registry.db"), description="Feast registry path or URI.")
+    catalog_path: Path | None = Field(
+        None, description="Item catalog parquet (item_id, category); categories feed user affinity."
+    )
+    checkpoint_dir: Path = Field(
+        Path(".freshrank/checkpoints"), description="Local dir of Flink checkpoints (any Flink FS URI in production)."
+    )
+    checkpoint_interval_ms: int = Field(2000, gt=0)
+    parallelism: int = Field(1, gt=0, description="Parallelism of the readers and feature operators.")
+    ticks_per_second: int = Field(
+        200, gt=0, description="Rate of the tick source; each tick polls every partition once."
+    )
+    max_records_per_poll: int = Field(1000, gt=0, description="Records one tick reads from one partition, at most.")
+    partition_refresh_s: float = Field(10.0, gt=0, description="How often new partitions are looked for.")
+    lateness_ms: int = Field(
+        300_000,
+        ge=0,
+        description="Per-user lateness bound: an event older than the user's newest admitted event by more is late.",
+    )
+    flush_interval_ms: int = Field(100, gt=0, description="A key emits at most one row per interval (coalescing).")
+    sink_batch_size: int = Field(500, gt=0, description="Rows per Redis pipeline.")
+    sink_max_delay_ms: int = Field(50, gt=0, description="A buffered row is written within this long.")
+    metrics_port: int = Field(9464, ge=0, description="Prometheus /metrics of the job; 0 disables.")

@@ -1,0 +1,170 @@
+"""Helpers for the stream-job tests: run `freshrank stream` as a user would, and compute what it must write."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from cli.stack import metrics_healthy
+from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
+from feature_repo.store import open_store
+from features.admission import admitted_events
+from features.codec import EventCodec
+from features.definitions import ITEM_FEATURES, USER_FEATURES
+from features.events import InteractionEvent
+from features.item import replay_item
+from features.user import replay_user
+
+
+@dataclass
+class StreamJob:
+    """`python -m cli stream` in its own process group, so a SIGKILL takes the Flink JVM down too."""
+
+    env: dict[str, str]
+    log_path: Path
+    metrics_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 240.0) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cli", "stream"],
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout_s
+        while not metrics_healthy(f"127.0.0.1:{self.metrics_port}"):
+            assert self.process.poll() is None, f"stream job exited: {self.log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "stream job did not start"
+            time.sleep(0.5)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            self.process.wait(60)
+
+    def metric(self, name: str) -> float:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=3) as response:
+                text = response.read().decode()
+        except OSError:
+            return math.nan
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def produce_raw(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    for key, value in records:
+        producer.produce(topic, key=key, value=value)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int = 1, quiet_s: float = 3.0) -> list[Any]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-dlq-reader", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    messages, last = [], time.monotonic()
+    try:
+        while time.monotonic() - last < quiet_s:
+            batch = [m for m in consumer.consume(500, 0.5) if m.error() is None]
+            if batch:
+                messages.extend(batch)
+                last = time.monotonic()
+    finally:
+        consumer.close()
+    return messages
+
+
+def expected_features(
+    events_in_log_order: list[InteractionEvent], categories: dict[str, str], lateness_ms: int
+) -> tuple[dict[str, list[InteractionEvent]], dict[str, list[InteractionEvent]]]:
+    """Admitted events grouped by user and by item: the input of the pure replay."""
+    by_user: dict[str, list[InteractionEvent]] = defaultdict(list)
+    by_item: dict[str, list[InteractionEvent]] = defaultdict(list)
+    for event in admitted_events(events_in_log_order, lateness_ms):
+        by_user[event.user_id].append(event)
+        by_item[event.item_id].append(event)
+    return by_user, by_item
+
+
+def online_rows(redis_address: str, registry: Path, view: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    store = open_store(redis_address, registry)
+    specs = USER_FEATURES if view == USER_VIEW else ITEM_FEATURES
+    join_key = "user_id" if view == USER_VIEW else "item_id"
+    refs = [f"{view}:{spec.name}" for spec in specs] + [f"{view}:{AS_OF_FIELD}"]
+    rows: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(ids), 200):
+        chunk = ids[start : start + 200]
+        result = store.get_online_features(features=refs, entity_rows=[{join_key: i} for i in chunk]).to_dict()
+        for index, entity in enumerate(chunk):
+            rows[entity] = {name: result[name][index] for name in result if name != join_key}
+    return rows
+
+
+def mismatches(
+    redis_address: str,
+    registry: Path,
+    by_user: dict[str, list[InteractionEvent]],
+    by_item: dict[str, list[InteractionEvent]],
+    categories: dict[str, str],
+) -> list[str]:
+    """Every difference between what Redis holds and the pure replay as of each row's own as_of_ms."""
+    problems: list[str] = []
+    checks = (
+        (USER_VIEW, by_user, lambda evs, t: replay_user(evs, categories, t)),
+        (ITEM_VIEW, by_item, replay_item),
+    )
+    for view, groups, replay in checks:
+        rows = online_rows(redis_address, registry, view, sorted(groups))
+        for entity, events in groups.items():
+            row = rows[entity]
+            as_of = row.get(AS_OF_FIELD)
+            newest = max(e.event_time_ms for e in events)
+            if as_of is None or as_of < newest:
+                problems.append(f"{view} {entity}: as_of {as_of} is behind the newest event {newest}")
+                continue
+            want = replay(events, as_of)
+            for name, value in want.items():
+                if not same(row[name], value):
+                    problems.append(f"{view} {entity} {name}: online {row[name]!r} != replay {value!r}")
+    return problems
+
+
+def same(online: Any, expected: Any) -> bool:
+    if isinstance(expected, float):
+        return online is not None and math.isclose(online, expected, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(expected, list) and expected and isinstance(expected[0], float):
+        return len(online or []) == len(expected) and all(same(a, b) for a, b in zip(online, expected, strict=True))
+    return bool(online == expected or (online is None and expected == []))
+
+
+def wait_exact(check: Any, timeout_s: float) -> list[str]:
+    """Poll `check()` (a list of problems) until it is empty or time runs out; return the last problems."""
+    deadline = time.monotonic() + timeout_s
+    problems = check()
+    while problems and time.monotonic() < deadline:
+        time.sleep(2)
+        problems = check()
+    return list(problems)
+
+
+def encoded(events: list[InteractionEvent]) -> Iterator[tuple[bytes, bytes]]:
+    codec = EventCodec()
+    for event in events:
+        yield event.user_id.encode(), codec.encode(event)

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from features.admission import Admission, AdmissionGate, admitted_events
+from tests.factories import NOW_MS, make_event
+
+
+def test_first_copy_is_admitted_and_later_copies_are_duplicates() -> None:
+    gate = AdmissionGate(lateness_ms=10_000)
+    event = make_event()
+    assert gate.admit(event) is Admission.ADMITTED
+    assert gate.admit(event) is Admission.DUPLICATE
+
+
+def test_events_older_than_the_bound_behind_the_newest_are_late() -> None:
+    gate = AdmissionGate(lateness_ms=10_000)
+    assert gate.admit(make_event(event_id="a", event_time_ms=NOW_MS)) is Admission.ADMITTED
+    assert gate.admit(make_event(event_id="b", event_time_ms=NOW_MS - 10_000)) is Admission.ADMITTED
+    assert gate.admit(make_event(event_id="c", event_time_ms=NOW_MS - 10_001)) is Admission.LATE
+
+
+def test_a_duplicate_of_a_forgotten_event_is_late_not_counted_again() -> None:
+    gate = AdmissionGate(lateness_ms=1_000)
+    old = make_event(event_id="old", event_time_ms=NOW_MS)
+    assert gate.admit(old) is Admission.ADMITTED
+    for i in range(200):
+        gate.admit(make_event(event_id=f"n{i}", event_time_ms=NOW_MS + 5_000 + i))
+    assert len(gate) <= 200  # "old" and others beyond the bound were forgotten
+    assert gate.admit(old) is Admission.LATE
+
+
+def test_state_round_trips() -> None:
+    gate = AdmissionGate(lateness_ms=60_000)
+    for i in range(50):
+        gate.admit(make_event(event_id=f"é{i}", event_time_ms=NOW_MS + (i * 7919) % 30_000))
+    restored = AdmissionGate.from_bytes(gate.to_bytes(), lateness_ms=60_000)
+    assert restored.newest_ms == gate.newest_ms and len(restored) == len(gate)
+    for i in range(60):
+        probe = make_event(event_id=f"é{i}", event_time_ms=NOW_MS + (i * 7919) % 30_000)
+        assert restored.admit(probe) == AdmissionGate.from_bytes(gate.to_bytes(), 60_000).admit(probe)
+
+
+@given(
+    st.lists(st.integers(0, 120_000), min_size=1, max_size=120),
+    st.integers(0, 2**32),
+)
+def test_admits_exactly_the_brute_force_definition(times: list[int], seed: int) -> None:
+    """Brute force: keep every admitted event; late = older than max admitted - bound; dup = id admitted before.
+
+    A duplicate is a byte-identical resend (same id, same time), as producers and clients make them.
+    """
+    rng = random.Random(seed)
+    events = [make_event(event_id=f"e{i}", event_time_ms=NOW_MS + t) for i, t in enumerate(times)]
+    for _ in range(len(events) // 3):  # resends, later in the log
+        events.insert(rng.randrange(len(events) + 1), rng.choice(events))
+    bound = 20_000
+    expected, admitted_ids, newest = [], set(), None
+    for event in events:
+        if newest is not None and event.event_time_ms < newest - bound:
+            continue
+        if event.event_id in admitted_ids:
+            continue
+        admitted_ids.add(event.event_id)
+        newest = event.event_time_ms if newest is None else max(newest, event.event_time_ms)
+        expected.append(event)
+    assert list(admitted_events(events, bound)) == expected
