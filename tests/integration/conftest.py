@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from cli.stack import Component, StackSettings, broker_component, free_port, redis_component, running
+from feature_repo.store import apply
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +51,17 @@ def fresh_topic(bootstrap: str) -> str:
     return name
 
 
+@pytest.fixture(scope="session")
+def feast_registry(redis_server: Component, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`feast apply` once per session, as `freshrank up` does."""
+    registry = tmp_path_factory.mktemp("feast") / "registry.db"
+    apply(redis_server.address, registry)
+    return registry
+
+
 @pytest.fixture
-def log_dir(tmp_path: Path) -> Path:
-    return tmp_path / "logs"
+def dlq_topic(bootstrap: str) -> str:
+    name = f"test-dlq-{uuid.uuid4().hex[:12]}"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(name, 1, 1)])[name].result(timeout=30)
+    return name

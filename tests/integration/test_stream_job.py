@@ -1,0 +1,181 @@
+"""The stream job on a real broker, Redis and PyFlink mini-cluster: exact features, crash, Redis outage.
+
+Every test publishes synthetic events (with resends and out-of-order events
+within the lateness bound), runs `freshrank stream` as a user would, and
+compares what Feast serves for every user and item with the pure replay of
+the admitted events, as of the `as_of_ms` each row carries.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cli.stack import Component, free_port, start_process, stop_process, wait_healthy
+from features.codec import EventCodec
+from features.events import EventType, InteractionEvent
+from sdk.publisher import wall_clock_ms
+from tests.integration.streamjob import (
+    StreamJob,
+    encoded,
+    expected_features,
+    mismatches,
+    produce_raw,
+    read_topic,
+    wait_exact,
+)
+from training.synthetic import SyntheticWorld, WorldConfig, write_catalog
+
+LATENESS_MS = 300_000
+
+
+def world_events(count: int, seed: int) -> tuple[list[InteractionEvent], dict[str, str], SyntheticWorld]:
+    world = SyntheticWorld(
+        WorldConfig(users=150, items=120, seed=seed, rate=count / 20, seconds=20, start_ms=wall_clock_ms() - 60_000)
+    )
+    events = list(world.events())
+    return events, {item.item_id: item.category for item in world.catalog()}, world
+
+
+def with_resends_and_disorder(events: list[InteractionEvent], seed: int) -> list[InteractionEvent]:
+    """Resend 5% of events later in the log, and swap some neighbours so event time goes backwards."""
+    rng = random.Random(seed)
+    log = list(events)
+    for index in range(0, len(log) - 1, 7):
+        log[index], log[index + 1] = log[index + 1], log[index]
+    for event in rng.sample(events, len(events) // 20):
+        log.insert(rng.randrange(log.index(event) + 1, len(log) + 1), event)
+    return log
+
+
+@pytest.fixture
+def job_factory(
+    tmp_path: Path, bootstrap: str, redis_server: Component, feast_registry: Path, fresh_topic: str, dlq_topic: str
+) -> Iterator[object]:
+    jobs: list[StreamJob] = []
+    catalog = tmp_path / "catalog.parquet"
+
+    def make() -> StreamJob:
+        port = free_port()
+        job = StreamJob(
+            env={
+                "FRESHRANK_STREAM_BOOTSTRAP_SERVERS": bootstrap,
+                "FRESHRANK_STREAM_TOPIC": fresh_topic,
+                "FRESHRANK_STREAM_DLQ_TOPIC": dlq_topic,
+                "FRESHRANK_STREAM_REDIS_ADDRESS": redis_server.address,
+                "FRESHRANK_STREAM_FEAST_REGISTRY": str(feast_registry),
+                "FRESHRANK_STREAM_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+                "FRESHRANK_STREAM_CATALOG_PATH": str(catalog),
+                "FRESHRANK_STREAM_METRICS_PORT": str(port),
+                "FRESHRANK_STREAM_LATENESS_MS": str(LATENESS_MS),
+                "FRESHRANK_STREAM_CHECKPOINT_INTERVAL_MS": "1000",
+            },
+            log_path=tmp_path / "stream.log",
+            metrics_port=port,
+        )
+        jobs.append(job)
+        return job
+
+    make.catalog = catalog  # type: ignore[attr-defined]
+    yield make
+    for job in jobs:
+        job.kill()
+
+
+def test_features_equal_the_replay_and_bad_records_land_in_the_dlq(
+    job_factory, bootstrap: str, redis_server: Component, feast_registry: Path, fresh_topic: str, dlq_topic: str
+) -> None:
+    events, categories, world = world_events(2500, seed=1)
+    write_catalog(world.catalog(), job_factory.catalog)
+    log = with_resends_and_disorder(events, seed=1)
+    codec = EventCodec()
+    good = codec.encode(events[0])
+    malformed = [
+        (b"u-bad-1", b"not avro at all"),
+        (b"u-bad-2", b"\x00\x00\x00\x00\x63" + good[5:]),  # unknown schema id
+        (b"u-bad-3", good[:-3]),  # truncated body
+        (b"u-bad-4", codec.encode(InteractionEvent("x1", "u", "", EventType.CLICK, wall_clock_ms()))),  # no item id
+        (b"u-bad-5", codec.encode(InteractionEvent("x2", "u", "i", EventType.CLICK, wall_clock_ms() + 86_400_000))),
+    ]
+    records = list(encoded(log))
+    for position, record in zip((10, 500, 1000, 1500, 2000), malformed, strict=True):
+        records.insert(position, record)
+    produce_raw(bootstrap, fresh_topic, records)
+
+    job = job_factory()
+    job.start()
+    by_user, by_item = expected_features(log, categories, LATENESS_MS)
+    problems = wait_exact(
+        lambda: mismatches(redis_server.address, feast_registry, by_user, by_item, categories), timeout_s=240
+    )
+    assert problems == [], problems[:20]
+    assert job.metric('freshrank_stream_events_total{outcome="duplicate"}') == len(log) - len(events)
+
+    dlq = read_topic(bootstrap, dlq_topic)
+    assert sorted(m.value() for m in dlq) == sorted(value for _, value in malformed)
+    reasons = {m.value(): dict(m.headers())["reason"].decode() for m in dlq}
+    assert "magic byte" in reasons[b"not avro at all"] or "shorter" in reasons[b"not avro at all"]
+    assert "schema id 99" in reasons[malformed[1][1]]
+    assert "item_id" in reasons[malformed[3][1]]
+    assert "future" in reasons[malformed[4][1]]
+
+
+def test_sigkill_mid_stream_then_resume_loses_nothing_and_counts_nothing_twice(
+    job_factory, bootstrap: str, redis_server: Component, feast_registry: Path, fresh_topic: str, tmp_path: Path
+) -> None:
+    events, categories, world = world_events(4000, seed=2)
+    write_catalog(world.catalog(), job_factory.catalog)
+    log = with_resends_and_disorder(events, seed=2)
+    produce_raw(bootstrap, fresh_topic, list(encoded(log[: len(log) // 2])))
+
+    first = job_factory()
+    first.start()
+    deadline = time.monotonic() + 180
+    while (
+        not list((tmp_path / "checkpoints").glob("*/chk-*/_metadata"))
+        or first.metric('freshrank_stream_events_total{outcome="admitted"}') < len(log) // 8
+    ):
+        assert time.monotonic() < deadline, "no checkpoint / progress before the kill"
+        time.sleep(0.5)
+    produce_raw(bootstrap, fresh_topic, list(encoded(log[len(log) // 2 :])))
+    first.kill(signal.SIGKILL)  # the whole process group: client, Python workers and the JVM
+
+    second = job_factory()
+    second.start()
+    by_user, by_item = expected_features(log, categories, LATENESS_MS)
+    problems = wait_exact(
+        lambda: mismatches(redis_server.address, feast_registry, by_user, by_item, categories), timeout_s=240
+    )
+    assert problems == [], problems[:20]
+    assert "resuming from" in (tmp_path / "stream.log").read_text()
+
+
+def test_redis_down_for_ten_seconds_mid_stream_loses_nothing(
+    job_factory, bootstrap: str, redis_server: Component, feast_registry: Path, fresh_topic: str, tmp_path: Path
+) -> None:
+    events, categories, world = world_events(3000, seed=3)
+    write_catalog(world.catalog(), job_factory.catalog)
+    log = with_resends_and_disorder(events, seed=3)
+    job = job_factory()
+    job.start()
+    produce_raw(bootstrap, fresh_topic, list(encoded(log[: len(log) // 3])))
+    time.sleep(3)
+
+    stop_process(redis_server)  # SIGTERM: Redis shuts down keeping its append-only file
+    produce_raw(bootstrap, fresh_topic, list(encoded(log[len(log) // 3 :])))
+    time.sleep(10)
+    assert job.process is not None and job.process.poll() is None, "the job must wait for Redis, not die"
+    start_process(redis_server, tmp_path / "logs")
+    wait_healthy(redis_server, tmp_path / "logs")
+
+    by_user, by_item = expected_features(log, categories, LATENESS_MS)
+    problems = wait_exact(
+        lambda: mismatches(redis_server.address, feast_registry, by_user, by_item, categories), timeout_s=240
+    )
+    assert problems == [], problems[:20]
+    assert job.metric("freshrank_stream_sink_retries_total") > 0
