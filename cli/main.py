@@ -245,7 +245,7 @@ def generate(
 ) -> None:
     """Publish a synthetic feed world through the SDK, paced to real time."""
     from sdk.errors import SDKError
-    from sdk.publisher import EventPublisher, wall_clock_ms
+    from sdk.publisher import EventPublisher, publish_paced, wall_clock_ms
     from sdk.settings import KafkaSettings
     from training.synthetic import SyntheticWorld, WorldConfig, write_catalog, write_ground_truth
 
@@ -262,20 +262,16 @@ def generate(
     catalog_path.parent.mkdir(parents=True, exist_ok=True)
     write_catalog(world.catalog(), catalog_path)
     wall_start = time.monotonic()
-    published = 0
     try:
         with EventPublisher(settings) as publisher, _progress() as progress:
             task = progress.add_task("publishing", total=expected)
-            for event in world.events():
-                if not as_fast_as_possible:
-                    ahead_s = (event.event_time_ms - first_ms) / 1000 - (time.monotonic() - wall_start)
-                    if ahead_s > 0.002:
-                        publisher.poll(0)
-                        time.sleep(ahead_s)
-                publisher.publish(event)
-                published += 1
-                if published % 500 == 0:
-                    progress.update(task, completed=min(published, expected))
+            published = publish_paced(
+                publisher,
+                world.events(),
+                first_ms,
+                paced=not as_fast_as_possible,
+                on_progress=lambda n: progress.update(task, completed=min(n, expected)),
+            )
             progress.update(task, completed=expected, total=max(expected, published))
     except SDKError as error:
         raise fail(f"{error} (bootstrap servers {settings.bootstrap_servers})") from None
@@ -314,6 +310,28 @@ def stream(
         f"{'resuming from ' + str(restore) if restore else 'no checkpoint, starting from the earliest offsets'}"
     )
     run(settings)
+
+
+bench_app = typer.Typer(help="Benchmarks; each writes a JSON report.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("freshness")
+def bench_freshness(
+    rate: Annotated[float, typer.Option(min=1, help="Events per second to publish.")] = 1000.0,
+    seconds: Annotated[float, typer.Option(min=1, help="How long to publish.")] = 30.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """SDK -> broker -> PyFlink job -> Redis, and the consumer-loop + Feast push baseline, at one rate."""
+    from bench.freshness import run as run_bench
+
+    report = run_bench(rate, seconds, seed, log=lambda line: console.print(f"[dim]bench:[/] {line}"))
+    text = json.dumps(report, indent=2)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(text + "\n")
+    print(text)  # noqa: T201 - the CLI's output
 
 
 def _progress() -> Progress:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -152,3 +152,30 @@ class EventPublisher:
                 self._on_delivery(event, error)
 
         return handle
+
+
+def publish_paced(
+    publisher: EventPublisher,
+    events: Iterable[InteractionEvent],
+    first_event_ms: int,
+    paced: bool = True,
+    on_progress: Callable[[int], None] = lambda _published: None,
+) -> int:
+    """Publish events in order, each no earlier than its event time after `first_event_ms` (replay at 1x).
+
+    Returns how many were published. With `paced=False`, publishes as fast as the broker takes them.
+    """
+    wall_start = time.monotonic()
+    published = 0
+    for event in events:
+        if paced:
+            ahead_s = (event.event_time_ms - first_event_ms) / 1000 - (time.monotonic() - wall_start)
+            if ahead_s > 0.002:
+                publisher.poll(0)
+                time.sleep(ahead_s)
+        publisher.publish(event)
+        published += 1
+        if published % 500 == 0:
+            on_progress(published)
+    on_progress(published)
+    return published

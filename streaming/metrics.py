@@ -28,9 +28,10 @@ FRESHNESS = Histogram(
     "Time a row became readable in the online store minus the event time of the newest event it includes.",
     buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
+FRESHNESS_SAMPLES = Gauge("freshrank_stream_freshness_recent_samples", "Rows behind the freshness quantiles.")
 FRESHNESS_RECENT = Gauge(
     "freshrank_stream_freshness_recent_seconds",
-    "Freshness quantiles over the last 60 s of writes.",
+    "Freshness quantiles over the recent window of writes (FRESHRANK_STREAM_FRESHNESS_WINDOW_S, default 60 s).",
     ["quantile"],
 )
 
@@ -68,5 +69,6 @@ class RecentFreshness:
         while self._samples and self._samples[0][0] < now - self.horizon_s:
             self._samples.popleft()
         values = sorted(v for _, v in self._samples)
+        FRESHNESS_SAMPLES.set(len(values))
         for label, q in (("0.5", 0.5), ("0.99", 0.99), ("1", 1.0)):
             FRESHNESS_RECENT.labels(label).set(values[min(len(values) - 1, int(q * len(values)))] if values else 0.0)

@@ -341,7 +341,7 @@ class OnlineStoreWriter(KeyedProcessFunction):  # type: ignore[misc]
         self._count = runtime_context.get_state(ValueStateDescriptor("buffered", Types.LONG()))
         self._timer = runtime_context.get_state(ValueStateDescriptor("flush_timer", Types.LONG()))
         self._sink = OnlineStoreSink(self.settings.redis_address, self.settings.feast_registry)
-        self._freshness = metrics.RecentFreshness()
+        self._freshness = metrics.RecentFreshness(self.settings.freshness_window_s)
         self._retry(self._sink.open)
         metrics.serve(self.settings.metrics_port)
 

@@ -37,14 +37,16 @@ def count_records(bootstrap: str, topic: str, partitions: int, quiet_s: float = 
 
 def test_up_status_generate_down_round_trip(tmp_path: Path) -> None:
     state_dir = str(tmp_path / "state")
-    up = freshrank("up", "--detach", "--state-dir", state_dir, "--broker-port", "0", "--redis-port", "0")
+    up = freshrank(
+        "up", "--detach", "--state-dir", state_dir, "--broker-port", "0", "--redis-port", "0", "--stream-port", "0"
+    )
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         status = freshrank("status", "--json", "--state-dir", state_dir)
         assert status.returncode == 0, status.stdout + status.stderr
         report = json.loads(status.stdout)
         assert report["healthy"] is True
-        assert set(report["components"]) == {"broker", "redis"}
+        assert set(report["components"]) == {"broker", "redis", "stream"}
         assert all(c["healthy"] for c in report["components"].values())
         bootstrap = report["components"]["broker"]["address"]
 
@@ -56,6 +58,17 @@ def test_up_status_generate_down_round_trip(tmp_path: Path) -> None:
         published = count_records(bootstrap, "interactions", partitions=8)
         assert 2700 <= published <= 3300
         assert (Path(state_dir) / "synthetic" / "truth-seed7.parquet").exists()
+
+        # The stream job picks the events up: status reports them and a fresh freshness figure.
+        deadline = time.monotonic() + 120
+        while True:
+            detail = json.loads(freshrank("status", "--json", "--state-dir", state_dir).stdout)["components"]
+            stream = detail["stream"]["detail"]
+            if stream and stream["events_admitted"] >= published * 0.95 and stream["consumer_lag"] == 0:
+                break
+            assert time.monotonic() < deadline, stream
+            time.sleep(2)
+        assert stream["rows_written"] > 0 and stream["freshness_p99_ms"] > 0
     finally:
         down = freshrank("down", "--state-dir", state_dir)
     assert down.returncode == 0, down.stdout + down.stderr

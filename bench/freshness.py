@@ -1,0 +1,293 @@
+"""`freshrank bench freshness`: the whole path SDK -> broker -> job -> Redis, against the loop a user would write.
+
+Both runs get the same synthetic events, published through the SDK at the same
+rate to their own topic, on a broker and Redis started for the benchmark:
+
+- `freshrank`: the PyFlink job (`freshrank stream`), freshness measured by the
+  job when a row became readable (after the Redis pipeline returned).
+- `baseline`: one plain confluent-kafka consumer loop computing the same
+  features with the same `features/` code and calling Feast `push` (online).
+
+Freshness = time the row is readable minus the event time of the newest event
+in it. Loss = events sent minus events the features include.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cli.stack import (
+    StackSettings,
+    broker_component,
+    free_port,
+    redis_component,
+    running,
+    scrape,
+    stream_component,
+)
+from sdk.publisher import EventPublisher, publish_paced, wall_clock_ms
+from sdk.settings import KafkaSettings
+from training.synthetic import SyntheticWorld, WorldConfig, write_catalog
+
+
+def quantiles(samples_ms: list[float]) -> dict[str, float]:
+    if not samples_ms:
+        return {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
+    ordered = sorted(samples_ms)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+    return {"p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1], 1)}
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 8) -> None:
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # must outlive the future
+    admin.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
+
+
+def world(rate: float, seconds: float, seed: int, start_ms: int) -> SyntheticWorld:
+    config = WorldConfig(
+        users=max(1000, int(rate)),
+        items=2000,
+        seed=seed,
+        rate=rate,
+        seconds=seconds,
+        start_ms=start_ms,
+        record_ground_truth=False,
+    )
+    return SyntheticWorld(config)
+
+
+def publish(bootstrap: str, topic: str, rate: float, seconds: float, seed: int) -> tuple[int, float]:
+    """Publish the world paced to real time; returns (events sent, monotonic time publishing started)."""
+    first_ms = wall_clock_ms()
+    started = time.monotonic()
+    with EventPublisher(KafkaSettings(bootstrap_servers=bootstrap, topic=topic)) as publisher:
+        sent = publish_paced(publisher, world(rate, seconds, seed, first_ms).events(), first_ms)
+    return sent, started
+
+
+def wait_until(done: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if done():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+# --- freshrank: the PyFlink job ---------------------------------------------------
+
+
+def run_freshrank(
+    settings: StackSettings, broker: Any, redis: Any, rate: float, seconds: float, seed: int, log: Callable[[str], None]
+) -> dict[str, Any]:
+    topic = "bench-freshrank"
+    create_topic(broker.address, topic)
+    metrics_port = free_port()
+    job = stream_component(settings, broker, redis, metrics_port)
+    catalog = settings.state_dir / "catalog.parquet"
+    write_catalog(world(rate, seconds, seed, wall_clock_ms()).catalog(), catalog)
+    job.env.update(
+        {
+            "FRESHRANK_STREAM_TOPIC": topic,
+            "FRESHRANK_STREAM_CATALOG_PATH": str(catalog.resolve()),
+            # Quantiles over the whole run, not only the last minute.
+            "FRESHRANK_STREAM_FRESHNESS_WINDOW_S": str(seconds * 20 + 600),
+        }
+    )
+    with running(job, settings.state_dir / "logs"):
+        log(f"freshrank: publishing {rate:.0f} events/s for {seconds:.0f} s")
+        sent, started = publish(broker.address, topic, rate, seconds, seed)
+
+        def admitted() -> float:
+            series = scrape(job.address) or {}
+            return series.get('freshrank_stream_events_total{outcome="admitted"}', 0.0)
+
+        wait_until(lambda: admitted() >= sent, timeout_s=max(120.0, seconds * 10))
+        caught_up = time.monotonic()
+        time.sleep(1.0)  # the last coalesced rows
+        series = scrape(job.address) or {}
+    applied = int(series.get('freshrank_stream_events_total{outcome="admitted"}', 0))
+    freshness = {
+        "p50": 1000 * series.get('freshrank_stream_freshness_recent_seconds{quantile="0.5"}', float("nan")),
+        "p99": 1000 * series.get('freshrank_stream_freshness_recent_seconds{quantile="0.99"}', float("nan")),
+        "max": 1000 * series.get('freshrank_stream_freshness_recent_seconds{quantile="1"}', float("nan")),
+    }
+    return {
+        "events_sent": sent,
+        "events_applied": applied,
+        "lost": sent - applied,
+        "freshness_ms": {k: round(v, 1) for k, v in freshness.items()},
+        # Events applied per second from the first publish until the job had caught up.
+        "throughput_eps": round(applied / (caught_up - started), 1),
+        "rows_measured": int(series.get("freshrank_stream_freshness_recent_samples", 0)),
+    }
+
+
+# --- baseline: a consumer loop calling Feast push --------------------------------
+
+
+def baseline_loop(bootstrap: str, topic: str, redis_address: str, registry: str, catalog: str, out: str) -> None:
+    """What a Feast user writes without a stream engine: poll, aggregate in memory, `store.push` per batch."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+    from confluent_kafka import Consumer, TopicPartition
+    from feast.data_source import PushMode
+
+    from feature_repo.definitions import AS_OF_FIELD
+    from feature_repo.store import open_store
+    from features.admission import Admission, AdmissionGate
+    from features.codec import EventCodec
+    from features.events import InteractionEvent
+    from features.item import ItemFeatures
+    from features.user import UserFeatures
+
+    store = open_store(redis_address, registry)
+    table = pq.read_table(catalog, columns=["item_id", "category"])
+    categories = dict(zip(table["item_id"].to_pylist(), table["category"].to_pylist(), strict=True))
+    codec = EventCodec()
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-baseline", "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(8)])
+    gates: dict[str, AdmissionGate] = {}
+    users: dict[str, UserFeatures] = {}
+    items: dict[str, ItemFeatures] = {}
+    freshness_ms: list[float] = []
+    applied = 0
+    stop = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    while not stop:
+        batch = consumer.consume(1000, 0.05)
+        touched_users: dict[str, int] = {}
+        touched_items: dict[str, int] = {}
+        for message in batch:
+            if message.error() is not None:
+                continue
+            event = codec.decode(message.value())
+            if not isinstance(event, InteractionEvent):
+                continue
+            gate = gates.setdefault(event.user_id, AdmissionGate(300_000))
+            if gate.admit(event) is not Admission.ADMITTED:
+                continue
+            users.setdefault(event.user_id, UserFeatures.empty()).apply(event, categories.get(event.item_id))
+            items.setdefault(event.item_id, ItemFeatures.empty()).apply(event)
+            touched_users[event.user_id] = max(touched_users.get(event.user_id, 0), event.event_time_ms)
+            touched_items[event.item_id] = max(touched_items.get(event.item_id, 0), event.event_time_ms)
+            applied += 1
+        for source, key, touched, states in (
+            ("user_features_push", "user_id", touched_users, users),
+            ("item_features_push", "item_id", touched_items, items),
+        ):
+            if not touched:
+                continue
+            rows = []
+            for entity, newest in touched.items():
+                as_of = max(newest, states[entity].newest_event_ms or newest)
+                row: dict[str, Any] = {key: entity, **states[entity].values(as_of)}
+                row[AS_OF_FIELD] = as_of
+                row["event_timestamp"] = datetime.fromtimestamp(as_of / 1000, tz=UTC)
+                rows.append(row)
+            store.push(source, pd.DataFrame(rows), to=PushMode.ONLINE)
+            readable = wall_clock_ms()
+            freshness_ms.extend(readable - newest for newest in touched.values())
+        Path(out).write_text(json.dumps({"applied": applied, "freshness_ms": freshness_ms}))
+
+
+def run_baseline(
+    broker: Any,
+    redis: Any,
+    registry: Path,
+    rate: float,
+    seconds: float,
+    seed: int,
+    state_dir: Path,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    topic = "bench-baseline"
+    create_topic(broker.address, topic)
+    catalog = state_dir / "catalog-baseline.parquet"
+    out = state_dir / "baseline.json"
+    # Written before the loop starts, so it reads the same catalog the job does.
+    write_catalog(world(rate, seconds, seed, wall_clock_ms()).catalog(), catalog)
+    context = multiprocessing.get_context("spawn")
+    loop = context.Process(
+        target=baseline_loop,
+        args=(broker.address, topic, redis.address, str(registry), str(catalog), str(out)),
+    )
+    loop.start()
+    try:
+        log(f"baseline: publishing {rate:.0f} events/s for {seconds:.0f} s")
+        sent, started = publish(broker.address, topic, rate, seconds, seed)
+
+        def applied() -> int:
+            try:
+                return int(json.loads(out.read_text())["applied"])
+            except (OSError, ValueError):
+                return 0
+
+        wait_until(lambda: applied() >= sent, timeout_s=max(120.0, seconds * 10))
+        caught_up = time.monotonic()
+        time.sleep(1.0)
+    finally:
+        if loop.pid is not None:
+            os.kill(loop.pid, signal.SIGTERM)
+        loop.join(30)
+    result = json.loads(out.read_text())
+    return {
+        "events_sent": sent,
+        "events_applied": result["applied"],
+        "lost": sent - result["applied"],
+        "freshness_ms": quantiles(result["freshness_ms"]),
+        "throughput_eps": round(result["applied"] / (caught_up - started), 1),
+        "rows_measured": len(result["freshness_ms"]),
+    }
+
+
+def run(rate: float, seconds: float, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Start a broker and Redis for the benchmark, run both pipelines one after the other, return the report."""
+    with tempfile.TemporaryDirectory(prefix="freshrank-bench-") as tmp:
+        state_dir = Path(tmp)
+        settings = StackSettings(state_dir=state_dir, broker_port=0, redis_port=0)
+        broker = broker_component(settings, free_port())
+        redis = redis_component(settings, free_port())
+        logs = state_dir / "logs"
+        with running(broker, logs), running(redis, logs):
+            registry = (state_dir / "feast" / "registry.db").resolve()
+            freshrank = run_freshrank(settings, broker, redis, rate, seconds, seed, log)
+            baseline = run_baseline(broker, redis, registry, rate, seconds, seed, state_dir, log)
+    return {
+        "benchmark": "freshness",
+        "rate_eps": rate,
+        "seconds": seconds,
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        **freshrank,
+        "baseline": baseline,
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return None
