@@ -9,6 +9,7 @@ collector and the stream job with identical results.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -99,3 +100,26 @@ def validate(event: InteractionEvent, now_ms: int) -> Rejection | None:
     if event.country is not None and not _COUNTRY.match(event.country):
         return Rejection("country", f"{event.country!r} is not an ISO 3166-1 alpha-2 code like 'US'")
     return None
+
+
+def point_in_time(
+    events: Iterable[InteractionEvent], as_of_ms: int, entity: Callable[[InteractionEvent], str], kind: str
+) -> Iterator[InteractionEvent]:
+    """One entity's events known at `as_of_ms`, each event_id once (first occurrence wins), in log order.
+
+    Raises ValueError if the events belong to more than one entity (`entity` picks the id, `kind`
+    names them in the message, e.g. "users").
+    """
+    seen: set[str] = set()
+    owner: str | None = None
+    for event in events:
+        key = entity(event)
+        if owner is None:
+            owner = key
+        elif key != owner:
+            raise ValueError(f"replay got events of two {kind}, {owner!r} and {key!r}; give it one's events")
+        if event.event_id in seen:
+            continue
+        seen.add(event.event_id)
+        if event.event_time_ms <= as_of_ms:
+            yield event

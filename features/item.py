@@ -26,7 +26,7 @@ from features.definitions import (
     TRENDING_PSEUDO_EVENTS_PER_HOUR,
     FeatureValue,
 )
-from features.events import EventType, InteractionEvent
+from features.events import EventType, InteractionEvent, point_in_time
 from features.windows import SlidingWindowCounter, StateReader, StateWriter
 
 FORMAT_VERSION = 1
@@ -137,16 +137,6 @@ def replay_item(events: Iterable[InteractionEvent], as_of_ms: int) -> dict[str, 
     All events must share one item_id.
     """
     state = ItemFeatures.empty()
-    seen: set[str] = set()
-    item_id: str | None = None
-    for event in events:
-        if item_id is None:
-            item_id = event.item_id
-        elif event.item_id != item_id:
-            raise ValueError(f"replay_item got events of items {item_id!r} and {event.item_id!r}")
-        if event.event_id in seen:
-            continue
-        seen.add(event.event_id)
-        if event.event_time_ms <= as_of_ms:
-            state.apply(event)
+    for event in point_in_time(events, as_of_ms, lambda e: e.item_id, "items"):
+        state.apply(event)
     return state.values(as_of_ms)

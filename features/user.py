@@ -39,7 +39,7 @@ from features.definitions import (
     USER_WINDOWS,
     FeatureValue,
 )
-from features.events import EventType, InteractionEvent
+from features.events import EventType, InteractionEvent, point_in_time
 from features.windows import (
     KeyedWindowCounter,
     SlidingWindowCounter,
@@ -245,16 +245,6 @@ def replay_user(
     in the given order and returns `values(as_of_ms)`. All events must share one user_id.
     """
     state = UserFeatures.empty()
-    seen: set[str] = set()
-    user_id: str | None = None
-    for event in events:
-        if user_id is None:
-            user_id = event.user_id
-        elif event.user_id != user_id:
-            raise ValueError(f"replay_user got events of users {user_id!r} and {event.user_id!r}")
-        if event.event_id in seen:
-            continue
-        seen.add(event.event_id)
-        if event.event_time_ms <= as_of_ms:
-            state.apply(event, categories.get(event.item_id))
+    for event in point_in_time(events, as_of_ms, lambda e: e.user_id, "users"):
+        state.apply(event, categories.get(event.item_id))
     return state.values(as_of_ms)
