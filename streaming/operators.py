@@ -64,6 +64,21 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def rearm_if_lost(ctx: KeyedProcessFunction.Context, pending_ms: int, now_ms: int, grace_ms: int) -> int:
+    """The timestamp of the pending timer, registered anew at `now_ms` if it is overdue by more than `grace_ms`.
+
+    A timer that state says is pending but that has not fired long after its time
+    was lost (seen with PyFlink's process mode after a restore); without this the
+    key would wait forever. The new timestamp must differ from the lost one:
+    registering an identical timer is a no-op in Flink. `on_timer` ignores the
+    old one should it fire after all, because state names the new one.
+    """
+    if now_ms <= pending_ms + grace_ms:
+        return pending_ms
+    ctx.timer_service().register_processing_time_timer(now_ms)
+    return now_ms
+
+
 # --- reading -------------------------------------------------------------------
 
 
@@ -183,8 +198,10 @@ class KafkaPartitionReader(KeyedProcessFunction):  # type: ignore[misc]
 class _FeatureOperator(KeyedProcessFunction):  # type: ignore[misc]
     """Shared timer logic: coalesced flushes after changes, and expiry timers so windows age without events.
 
-    A row's `as_of_ms` never goes backwards for a key; its Feast timestamp is
-    strictly increasing (Feast ignores a write that is not strictly newer).
+    A row's `as_of_ms` never goes backwards for a key; its Feast timestamp is the
+    wall-clock time it was made, strictly increasing per key (Feast ignores a write
+    that is not strictly newer), so a restored job always overwrites what a killed
+    one wrote.
     """
 
     view = ""
@@ -203,10 +220,14 @@ class _FeatureOperator(KeyedProcessFunction):  # type: ignore[misc]
         raise NotImplementedError
 
     def _mark_dirty(self, ctx: KeyedProcessFunction.Context) -> None:
-        if self._flush_at.value() is None:
-            at = ctx.timer_service().current_processing_time() + self.settings.flush_interval_ms
+        now = ctx.timer_service().current_processing_time()
+        pending = self._flush_at.value()
+        if pending is None:
+            at = now + self.settings.flush_interval_ms
             ctx.timer_service().register_processing_time_timer(at)
             self._flush_at.update(at)
+        else:
+            self._flush_at.update(rearm_if_lost(ctx, pending, now, self.settings.flush_interval_ms))
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[FeatureRow]:
         aggregate = self._load()
@@ -227,7 +248,10 @@ class _FeatureOperator(KeyedProcessFunction):  # type: ignore[misc]
         self._schedule_expiry(aggregate, as_of, ctx)
 
     def _row(self, key: str, aggregate: Any, as_of: int, newest_included: int | None) -> FeatureRow:
-        timestamp_us = max(as_of * 1000, (self._last_ts.value() or 0) + 1)
+        # The Feast timestamp is the time the row was made, not as_of: after a restore the
+        # rows a killed run wrote before dying may be newer in event time than what the
+        # restored state emits next, and Feast would silently keep them.
+        timestamp_us = max(time.time_ns() // 1000, (self._last_ts.value() or 0) + 1)
         self._last_ts.update(timestamp_us)
         self._last_as_of.update(as_of)
         return FeatureRow(self.view, key, aggregate.values(as_of), as_of, timestamp_us, newest_included)
@@ -235,7 +259,10 @@ class _FeatureOperator(KeyedProcessFunction):  # type: ignore[misc]
     def _schedule_expiry(self, aggregate: Any, as_of: int, ctx: KeyedProcessFunction.Context) -> None:
         next_change = aggregate.next_change_ms(as_of)
         previous = self._expire_at.value()
-        if next_change is None or next_change == previous:
+        if next_change is None:
+            return
+        if previous is not None and next_change == previous:
+            self._expire_at.update(rearm_if_lost(ctx, previous, ctx.timer_service().current_processing_time(), 1000))
             return
         if previous is not None:
             ctx.timer_service().delete_processing_time_timer(previous)
@@ -349,12 +376,16 @@ class OnlineStoreWriter(KeyedProcessFunction):  # type: ignore[misc]
         self._buffer.add(pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL))
         count = (self._count.value() or 0) + 1
         self._count.update(count)
+        now = ctx.timer_service().current_processing_time()
+        pending = self._timer.value()
         if count >= self.settings.sink_batch_size:
             self._flush()
-        elif self._timer.value() is None:
-            at = ctx.timer_service().current_processing_time() + self.settings.sink_max_delay_ms
+        elif pending is None:
+            at = now + self.settings.sink_max_delay_ms
             ctx.timer_service().register_processing_time_timer(at)
             self._timer.update(at)
+        else:
+            self._timer.update(rearm_if_lost(ctx, pending, now, self.settings.sink_max_delay_ms))
         return iter(())  # a sink: PyFlink still wants an iterable back
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[None]:

@@ -179,3 +179,26 @@ def test_redis_down_for_ten_seconds_mid_stream_loses_nothing(
     )
     assert problems == [], problems[:20]
     assert job.metric("freshrank_stream_sink_retries_total") > 0
+
+
+def test_rows_pending_at_the_checkpoint_are_written_after_a_restore_with_no_new_events(
+    job_factory, bootstrap: str, redis_server: Component, feast_registry: Path, fresh_topic: str, tmp_path: Path
+) -> None:
+    events, categories, world = world_events(1500, seed=4)
+    write_catalog(world.catalog(), job_factory.catalog)
+    produce_raw(bootstrap, fresh_topic, list(encoded(events)))
+    first = job_factory()
+    first.start()
+    deadline = time.monotonic() + 180
+    while not list((tmp_path / "checkpoints").glob("*/chk-*/_metadata")):
+        assert time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.1)
+    first.kill(signal.SIGKILL)  # right after the first checkpoint: flushes and sink batches are pending in it
+
+    second = job_factory()
+    second.start()
+    by_user, by_item = expected_features(events, categories, LATENESS_MS)
+    problems = wait_exact(
+        lambda: mismatches(redis_server.address, feast_registry, by_user, by_item, categories), timeout_s=180
+    )
+    assert problems == [], problems[:20]
