@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import zlib
 from pathlib import Path
 
 from pyflink.common import Configuration, Types
@@ -18,14 +17,13 @@ from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.table import StreamTableEnvironment
 
 from streaming.operators import (
-    ADMITTED,
     DLQ,
+    ITEM_EVENTS,
     DlqWriter,
-    ItemFeaturesOperator,
-    KafkaPartitionReader,
+    ItemFeaturesByBucket,
     OnlineStoreWriter,
     PartitionFanOut,
-    UserFeaturesOperator,
+    UserFeaturesByPartition,
 )
 from streaming.settings import StreamSettings
 
@@ -78,40 +76,21 @@ def build(env: StreamExecutionEnvironment, settings: StreamSettings) -> None:
     )
     ticks = tables.to_data_stream(tables.from_path("freshrank_ticks"))
     polls = ticks.flat_map(PartitionFanOut(settings), output_type=Types.INT()).name("partition fan-out")
-    events = (
-        polls.key_by(lambda partition: partition, key_type=Types.INT())
-        .process(KafkaPartitionReader(settings), output_type=Types.PICKLED_BYTE_ARRAY())
-        .name("KafkaPartitionReader")
-        .uid("kafka-partition-reader")
-    )
     user_rows = (
-        events.key_by(lambda event: event.user_id, key_type=Types.STRING())
-        .process(UserFeaturesOperator(settings), output_type=Types.PICKLED_BYTE_ARRAY())
-        .name("UserFeatures")
-        .uid("user-features")
+        polls.key_by(lambda partition: partition, key_type=Types.INT())
+        .process(UserFeaturesByPartition(settings), output_type=Types.PICKLED_BYTE_ARRAY())
+        .name("UserFeaturesByPartition")
+        .uid("user-features-by-partition")
     )
     item_rows = (
-        user_rows.get_side_output(ADMITTED)
-        .key_by(lambda event: event.item_id, key_type=Types.STRING())
-        .process(ItemFeaturesOperator(settings), output_type=Types.PICKLED_BYTE_ARRAY())
-        .name("ItemFeatures")
-        .uid("item-features")
+        user_rows.get_side_output(ITEM_EVENTS)
+        .key_by(lambda batch: batch.bucket, key_type=Types.INT())
+        .process(ItemFeaturesByBucket(settings), output_type=Types.PICKLED_BYTE_ARRAY())
+        .name("ItemFeaturesByBucket")
+        .uid("item-features-by-bucket")
     )
-    (
-        user_rows.union(item_rows)
-        .key_by(lambda row: zlib.crc32(row.entity_id.encode()) % settings.parallelism, key_type=Types.INT())
-        .process(OnlineStoreWriter(settings))
-        .name("OnlineStoreSink")
-        .uid("online-store-sink")
-    )
-    (
-        events.get_side_output(DLQ)
-        .union(user_rows.get_side_output(DLQ))
-        .process(DlqWriter(settings))
-        .name("DLQ")
-        .uid("dlq-writer")
-        .set_parallelism(1)
-    )
+    (user_rows.union(item_rows).process(OnlineStoreWriter(settings)).name("OnlineStoreSink").uid("online-store-sink"))
+    (user_rows.get_side_output(DLQ).process(DlqWriter(settings)).name("DLQ").uid("dlq-writer").set_parallelism(1))
 
 
 def run(settings: StreamSettings) -> None:

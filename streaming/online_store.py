@@ -7,13 +7,12 @@ the constructor stores settings, `open()` connects and checks the connection,
 `OnlineStoreUnavailable` with a retry-after, never a silent drop.
 
 Feast skips a row whose timestamp is not strictly newer than the stored one;
-the feature operators guarantee strictly increasing `timestamp_us` per key.
+`streaming.entities` guarantees strictly increasing `timestamp_us` per key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from feast.protos.feast.types.Value_pb2 import DoubleList, StringList, Value
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
 from feature_repo.store import open_store
 from features.definitions import ITEM_FEATURES, USER_FEATURES, FeatureValue
+from streaming.entities import FeatureRow
 from streaming.errors import OnlineStoreUnavailable
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -33,19 +33,6 @@ DTYPES = {
     USER_VIEW: {spec.name: spec.dtype for spec in USER_FEATURES},
     ITEM_VIEW: {spec.name: spec.dtype for spec in ITEM_FEATURES},
 }
-
-
-@dataclass(frozen=True, slots=True)
-class FeatureRow:
-    """One entity's feature values as of `as_of_ms`, to be written with Feast timestamp `timestamp_us`."""
-
-    view: str
-    entity_id: str
-    values: dict[str, FeatureValue]
-    as_of_ms: int
-    timestamp_us: int
-    # Event time of the newest event the values include; None for rows emitted by a timer.
-    newest_event_ms: int | None
 
 
 def to_value(dtype: str, value: FeatureValue) -> Value:

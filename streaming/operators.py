@@ -1,22 +1,29 @@
 """The Flink functions of the stream job: thin wrappers around `features/` and the I/O edges.
 
 Follow an event through this file top to bottom:
-PartitionFanOut -> KafkaPartitionReader (decode, validate; bad -> DLQ) ->
-UserFeaturesOperator (admission: dedup + lateness; user features) ->
-ItemFeaturesOperator (item features) -> OnlineStoreWriter (Feast, batched) .
-DlqWriter sends rejected records to the DLQ topic with the reason in a header.
+PartitionFanOut (one poll request per partition per tick) ->
+UserFeaturesByPartition (keyed by partition: read with KafkaPartitionReader,
+decode, validate -> DLQ; admission: dedup + lateness -> DLQ; user features) ->
+ItemFeaturesByBucket (keyed by item bucket: item features) ->
+OnlineStoreWriter (Feast, one pipeline per row batch). DlqWriter sends refused
+records to the DLQ topic with the reason in a header.
+
+Why users are computed where the partition is read: the topic is keyed by
+user_id, so every event of a user is in one partition, and grouping a poll's
+events there costs one state call per poll instead of several per event.
 
 State that must survive a crash lives in Flink keyed state only: reader
-offsets, admission gates, aggregator bytes, row timestamps and the online
-store buffer. A restore therefore rewinds the reader and everything derived
-from it together.
+offsets, admission gates, aggregates and the schedule of rows still owed
+(see streaming/entities.py). A restore therefore rewinds the reader and
+everything derived from it together. Elements between operators are whole
+batches (a poll's events for one item bucket, a table's due rows).
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +35,7 @@ from confluent_kafka.admin import AdminClient
 from pyflink.common import Types
 from pyflink.datastream import OutputTag
 from pyflink.datastream.functions import FlatMapFunction, KeyedProcessFunction, ProcessFunction, RuntimeContext
-from pyflink.datastream.state import ListStateDescriptor, ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from feature_repo.definitions import ITEM_VIEW, USER_VIEW
 from features.admission import Admission, AdmissionGate
@@ -37,8 +44,9 @@ from features.events import InteractionEvent, validate
 from features.item import ItemFeatures
 from features.user import UserFeatures
 from streaming import metrics
+from streaming.entities import CachedObjects, EntityTable, FeatureRow, RowClock
 from streaming.errors import OnlineStoreUnavailable
-from streaming.online_store import FeatureRow, OnlineStoreSink
+from streaming.online_store import OnlineStoreSink
 from streaming.settings import StreamSettings
 
 log = logging.getLogger("freshrank.stream")
@@ -56,30 +64,52 @@ class DeadLetter:
     kind: str  # invalid | late
 
 
+@dataclass(frozen=True, slots=True)
+class ItemBatch:
+    """Admitted events of one poll whose items fall in one bucket."""
+
+    bucket: int
+    events: list[InteractionEvent]
+
+
 DLQ = OutputTag("dlq", Types.PICKLED_BYTE_ARRAY())
-ADMITTED = OutputTag("admitted", Types.PICKLED_BYTE_ARRAY())
+ITEM_EVENTS = OutputTag("item-events", Types.PICKLED_BYTE_ARRAY())
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def rearm_if_lost(ctx: KeyedProcessFunction.Context, pending_ms: int, now_ms: int, grace_ms: int) -> int:
-    """The timestamp of the pending timer, registered anew at `now_ms` if it is overdue by more than `grace_ms`.
+def item_bucket(item_id: str, buckets: int) -> int:
+    return zlib.crc32(item_id.encode()) % buckets
 
-    A timer that state says is pending but that has not fired long after its time
-    was lost (seen with PyFlink's process mode after a restore); without this the
-    key would wait forever. The new timestamp must differ from the lost one:
-    registering an identical timer is a no-op in Flink. `on_timer` ignores the
-    old one should it fire after all, because state names the new one.
+
+class TableTimers:
+    """One processing-time timer per Flink key, at the earliest row its table owes.
+
+    Only the earliest pending timer is remembered, in memory: a timer that fires
+    early or twice just finds nothing due. Timers registered before a checkpoint
+    are restored by Flink and fire after a restore, which wakes a table that gets
+    no new element.
     """
-    if now_ms <= pending_ms + grace_ms:
-        return pending_ms
-    ctx.timer_service().register_processing_time_timer(now_ms)
-    return now_ms
+
+    def __init__(self) -> None:
+        self._armed: dict[Any, int] = {}
+
+    def arm(self, key: Any, due_ms: int | None, ctx: KeyedProcessFunction.Context) -> None:
+        if due_ms is None:
+            return
+        armed = self._armed.get(key)
+        if armed is None or due_ms < armed:
+            ctx.timer_service().register_processing_time_timer(due_ms)
+            self._armed[key] = due_ms
+
+    def fired(self, key: Any, timestamp: int) -> None:
+        if self._armed.get(key, -1) <= timestamp:
+            self._armed.pop(key, None)
 
 
-# --- reading -------------------------------------------------------------------
+# --- reading and user features ---------------------------------------------------
 
 
 class PartitionFanOut(FlatMapFunction):  # type: ignore[misc]
@@ -112,24 +142,18 @@ class PartitionFanOut(FlatMapFunction):  # type: ignore[misc]
         self._refreshed = time.monotonic()
 
 
-class KafkaPartitionReader(KeyedProcessFunction):  # type: ignore[misc]
-    """Keyed by partition: reads the next records of that partition from the offset kept in Flink state.
+class KafkaPartitionReader:
+    """Reads the records of one partition from an offset the caller owns (kept in Flink state).
 
-    Decodes and validates each record; good events go downstream, bad ones to the
-    DLQ side output. Offsets are committed to Kafka only so lag can be watched.
+    Offsets are committed to Kafka only so lag can be watched; they are never read back.
     """
 
     def __init__(self, settings: StreamSettings) -> None:
         self.settings = settings
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        self._offset = runtime_context.get_state(ValueStateDescriptor("next_offset", Types.LONG()))
         self._consumers: dict[int, Any] = {}
-        self._codec = EventCodec()
         self._committed = time.monotonic()
-        metrics.serve(self.settings.metrics_port)
 
-    def _consumer(self, partition: int, offset: int) -> Any:
+    def read(self, partition: int, next_offset: int) -> list[Any]:
         consumer = self._consumers.get(partition)
         if consumer is None:
             consumer = Consumer(
@@ -142,39 +166,13 @@ class KafkaPartitionReader(KeyedProcessFunction):  # type: ignore[misc]
                     "log_level": 3,
                 }
             )
-            consumer.assign([TopicPartition(self.settings.topic, partition, offset)])
+            consumer.assign([TopicPartition(self.settings.topic, partition, next_offset)])
             self._consumers[partition] = consumer
-        return consumer
+        messages: list[Any] = consumer.consume(self.settings.max_records_per_poll, 0)
+        return messages
 
-    def process_element(self, partition: int, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        next_offset = self._offset.value() or 0
-        consumer = self._consumer(partition, next_offset)
-        messages = consumer.consume(self.settings.max_records_per_poll, 0)
-        if not messages:
-            self._report_lag(consumer, partition, next_offset)
-            return
-        clock = now_ms()
-        for message in messages:
-            if message.error() is not None:
-                log.warning("partition %s: %s", partition, message.error())
-                continue
-            offset = message.offset()
-            if offset < next_offset:
-                continue  # already processed before a restore
-            next_offset = offset + 1
-            decoded = self._codec.decode(message.value())
-            if isinstance(decoded, InteractionEvent):
-                rejection = validate(decoded, clock)
-                if rejection is None:
-                    yield decoded
-                    continue
-                decoded = rejection
-            metrics.EVENTS.labels("invalid").inc()
-            yield DLQ, DeadLetter(partition, offset, message.key(), message.value(), str(decoded), "invalid")
-        self._offset.update(next_offset)
-        self._report_lag(consumer, partition, next_offset)
-
-    def _report_lag(self, consumer: Any, partition: int, next_offset: int) -> None:
+    def report(self, partition: int, next_offset: int) -> None:
+        consumer = self._consumers[partition]
         tp = TopicPartition(self.settings.topic, partition, next_offset)
         # The high watermark cached from fetch responses: Tansu's ListOffsets is unreliable.
         _low, high = consumer.get_watermark_offsets(tp, cached=True)
@@ -192,134 +190,170 @@ class KafkaPartitionReader(KeyedProcessFunction):  # type: ignore[misc]
             consumer.close()
 
 
-# --- features ------------------------------------------------------------------
+class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
+    """Keyed by partition: read, decode, validate, admit (dedup, lateness), user features.
 
-
-class _FeatureOperator(KeyedProcessFunction):  # type: ignore[misc]
-    """Shared timer logic: coalesced flushes after changes, and expiry timers so windows age without events.
-
-    A row's `as_of_ms` never goes backwards for a key; its Feast timestamp is the
-    wall-clock time it was made, strictly increasing per key (Feast ignores a write
-    that is not strictly newer), so a restored job always overwrites what a killed
-    one wrote.
+    Emits due user rows as one batch, and the admitted events grouped by item
+    bucket on the ITEM_EVENTS side output; refused records go to DLQ.
     """
-
-    view = ""
 
     def __init__(self, settings: StreamSettings) -> None:
         self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self._state = runtime_context.get_state(ValueStateDescriptor("aggregate", Types.PICKLED_BYTE_ARRAY()))
-        self._last_as_of = runtime_context.get_state(ValueStateDescriptor("last_as_of_ms", Types.LONG()))
-        self._last_ts = runtime_context.get_state(ValueStateDescriptor("last_timestamp_us", Types.LONG()))
-        self._flush_at = runtime_context.get_state(ValueStateDescriptor("flush_timer", Types.LONG()))
-        self._expire_at = runtime_context.get_state(ValueStateDescriptor("expiry_timer", Types.LONG()))
+        bytes_type = Types.PICKLED_BYTE_ARRAY()
+        self._offset = runtime_context.get_state(ValueStateDescriptor("next_offset", Types.LONG()))
+        self._gate_store = runtime_context.get_map_state(MapStateDescriptor("gates", Types.STRING(), bytes_type))
+        self._user_store = runtime_context.get_map_state(MapStateDescriptor("users", Types.STRING(), bytes_type))
+        self._schedule_store = runtime_context.get_map_state(
+            MapStateDescriptor("user_schedules", Types.STRING(), bytes_type)
+        )
+        self._reader = KafkaPartitionReader(self.settings)
+        self._codec = EventCodec()
+        self._catalog = Catalog(self.settings.catalog_path)
+        self._clock = RowClock()
+        self._timers = TableTimers()
+        self._gates: dict[int, CachedObjects[AdmissionGate]] = {}
+        self._tables: dict[int, EntityTable[UserFeatures]] = {}
+        metrics.serve(self.settings.metrics_port)
 
-    def _load(self) -> Any:
-        raise NotImplementedError
+    def _state_of(self, partition: int) -> tuple[CachedObjects[AdmissionGate], EntityTable[UserFeatures]]:
+        table = self._tables.get(partition)
+        if table is None:  # first touch of this partition by this instance (also after a restore)
+            lateness = self.settings.lateness_ms
+            self._gates[partition] = CachedObjects(
+                self._gate_store,
+                lambda data: AdmissionGate.from_bytes(data, lateness),
+                lambda: AdmissionGate(lateness),
+                self.settings.entity_cache_size,
+            )
+            users = CachedObjects(
+                self._user_store, UserFeatures.from_bytes, UserFeatures.empty, self.settings.entity_cache_size
+            )
+            table = EntityTable(USER_VIEW, users, self._schedule_store, self.settings.flush_interval_ms, self._clock)
+            self._tables[partition] = table
+        return self._gates[partition], table
 
-    def _mark_dirty(self, ctx: KeyedProcessFunction.Context) -> None:
-        now = ctx.timer_service().current_processing_time()
-        pending = self._flush_at.value()
-        if pending is None:
-            at = now + self.settings.flush_interval_ms
-            ctx.timer_service().register_processing_time_timer(at)
-            self._flush_at.update(at)
-        else:
-            self._flush_at.update(rearm_if_lost(ctx, pending, now, self.settings.flush_interval_ms))
+    def process_element(self, partition: int, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        gates, users = self._state_of(partition)
+        next_offset = self._offset.value() or 0
+        messages = self._reader.read(partition, next_offset)
+        clock = now_ms()
+        by_bucket: dict[int, list[InteractionEvent]] = {}
+        buckets = self.settings.item_buckets
+        counts = {Admission.ADMITTED: 0, Admission.DUPLICATE: 0, Admission.LATE: 0}
+        for message in messages:
+            if message.error() is not None:
+                log.warning("partition %s: %s", partition, message.error())
+                continue
+            offset = message.offset()
+            if offset < next_offset:
+                continue  # already processed before a restore
+            next_offset = offset + 1
+            decoded = self._codec.decode(message.value())
+            if isinstance(decoded, InteractionEvent):
+                rejection = validate(decoded, clock)
+                if rejection is None:
+                    event = decoded
+                    gate = gates.get(event.user_id)
+                    admission = gate.admit(event)
+                    counts[admission] += 1
+                    if admission is Admission.DUPLICATE:
+                        continue
+                    gates.changed(event.user_id)
+                    if admission is Admission.LATE:
+                        reason = (
+                            f"late: event_time {event.event_time_ms} is more than "
+                            f"{self.settings.lateness_ms} ms behind the user's newest"
+                        )
+                        yield DLQ, DeadLetter(partition, offset, message.key(), message.value(), reason, "late")
+                        continue
+                    users.aggregate(event.user_id).apply(event, self._catalog.category(event.item_id))
+                    users.changed(event.user_id, clock)
+                    by_bucket.setdefault(item_bucket(event.item_id, buckets), []).append(event)
+                    continue
+                decoded = rejection
+            metrics.EVENTS.labels("invalid").inc()
+            yield DLQ, DeadLetter(partition, offset, message.key(), message.value(), str(decoded), "invalid")
+        for admission, count in counts.items():
+            if count:
+                metrics.EVENTS.labels(admission.value).inc(count)
+        for bucket, events in by_bucket.items():
+            yield ITEM_EVENTS, ItemBatch(bucket, events)
+        rows = users.due_rows(clock)
+        if rows:
+            yield rows
+        gates.save(lambda gate: gate.to_bytes())
+        users.save()
+        if messages:
+            self._offset.update(next_offset)
+            self._reader.report(partition, next_offset)
+        self._timers.arm(partition, users.next_due_ms(), ctx)
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[FeatureRow]:
-        aggregate = self._load()
-        newest = aggregate.newest_event_ms
-        if newest is None:
-            return
-        last_as_of = self._last_as_of.value() or 0
-        if timestamp == self._flush_at.value():
-            self._flush_at.clear()
-            as_of, newest_included = max(newest, last_as_of), newest
-        elif timestamp == self._expire_at.value():
-            self._expire_at.clear()
-            # Windows age in event time; when the job runs behind, jump to now.
-            as_of, newest_included = max(timestamp, last_as_of, min(now_ms(), newest + 86_400_000)), None
-        else:
-            return  # a timer replaced by a newer one
-        yield self._row(ctx.get_current_key(), aggregate, as_of, newest_included)
-        self._schedule_expiry(aggregate, as_of, ctx)
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        partition = ctx.get_current_key()
+        self._timers.fired(partition, timestamp)
+        _gates, users = self._state_of(partition)
+        rows = users.due_rows(now_ms())
+        if rows:
+            yield rows
+        users.save()
+        self._timers.arm(partition, users.next_due_ms(), ctx)
 
-    def _row(self, key: str, aggregate: Any, as_of: int, newest_included: int | None) -> FeatureRow:
-        # The Feast timestamp is the time the row was made, not as_of: after a restore the
-        # rows a killed run wrote before dying may be newer in event time than what the
-        # restored state emits next, and Feast would silently keep them.
-        timestamp_us = max(time.time_ns() // 1000, (self._last_ts.value() or 0) + 1)
-        self._last_ts.update(timestamp_us)
-        self._last_as_of.update(as_of)
-        return FeatureRow(self.view, key, aggregate.values(as_of), as_of, timestamp_us, newest_included)
-
-    def _schedule_expiry(self, aggregate: Any, as_of: int, ctx: KeyedProcessFunction.Context) -> None:
-        next_change = aggregate.next_change_ms(as_of)
-        previous = self._expire_at.value()
-        if next_change is None:
-            return
-        if previous is not None and next_change == previous:
-            self._expire_at.update(rearm_if_lost(ctx, previous, ctx.timer_service().current_processing_time(), 1000))
-            return
-        if previous is not None:
-            ctx.timer_service().delete_processing_time_timer(previous)
-        ctx.timer_service().register_processing_time_timer(next_change)
-        self._expire_at.update(next_change)
+    def close(self) -> None:
+        self._reader.close()
 
 
-class UserFeaturesOperator(_FeatureOperator):
-    """Keyed by user_id: admission (dedup, lateness) then user features; admitted events go on to items."""
+# --- item features -----------------------------------------------------------------
 
-    view = USER_VIEW
+
+class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
+    """Keyed by item bucket: item features from admitted events; emits due item rows as one batch."""
+
+    def __init__(self, settings: StreamSettings) -> None:
+        self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        super().open(runtime_context)
-        self._gate = runtime_context.get_state(ValueStateDescriptor("admission", Types.PICKLED_BYTE_ARRAY()))
-        self._catalog = Catalog(self.settings.catalog_path)
-        self._codec = EventCodec()
+        bytes_type = Types.PICKLED_BYTE_ARRAY()
+        self._item_store = runtime_context.get_map_state(MapStateDescriptor("items", Types.STRING(), bytes_type))
+        self._schedule_store = runtime_context.get_map_state(
+            MapStateDescriptor("item_schedules", Types.STRING(), bytes_type)
+        )
+        self._clock = RowClock()
+        self._timers = TableTimers()
+        self._tables: dict[int, EntityTable[ItemFeatures]] = {}
 
-    def _load(self) -> UserFeatures:
-        data = self._state.value()
-        return UserFeatures.from_bytes(data) if data is not None else UserFeatures.empty()
+    def _table(self, bucket: int) -> EntityTable[ItemFeatures]:
+        table = self._tables.get(bucket)
+        if table is None:
+            items = CachedObjects(
+                self._item_store, ItemFeatures.from_bytes, ItemFeatures.empty, self.settings.entity_cache_size
+            )
+            table = EntityTable(ITEM_VIEW, items, self._schedule_store, self.settings.flush_interval_ms, self._clock)
+            self._tables[bucket] = table
+        return table
 
-    def process_element(self, event: InteractionEvent, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        data = self._gate.value()
-        lateness = self.settings.lateness_ms
-        gate = AdmissionGate.from_bytes(data, lateness) if data is not None else AdmissionGate(lateness)
-        admission = gate.admit(event)
-        self._gate.update(gate.to_bytes())
-        metrics.EVENTS.labels(admission.value).inc()
-        if admission is Admission.LATE:
-            reason = f"late: event_time {event.event_time_ms} is more than {lateness} ms behind the user's newest"
-            yield DLQ, DeadLetter(-1, -1, event.user_id.encode(), self._codec.encode(event), reason, "late")
-            return
-        if admission is Admission.DUPLICATE:
-            return
-        aggregate = self._load()
-        aggregate.apply(event, self._catalog.category(event.item_id))
-        self._state.update(aggregate.to_bytes())
-        self._mark_dirty(ctx)
-        yield ADMITTED, event
+    def process_element(self, batch: ItemBatch, ctx: KeyedProcessFunction.Context) -> Iterator[list[FeatureRow]]:
+        table = self._table(batch.bucket)
+        clock = now_ms()
+        for event in batch.events:
+            table.aggregate(event.item_id).apply(event)
+            table.changed(event.item_id, clock)
+        yield from self._emit(batch.bucket, table, clock, ctx)
 
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[list[FeatureRow]]:
+        bucket = ctx.get_current_key()
+        self._timers.fired(bucket, timestamp)
+        yield from self._emit(bucket, self._table(bucket), now_ms(), ctx)
 
-class ItemFeaturesOperator(_FeatureOperator):
-    """Keyed by item_id: item features from admitted events."""
-
-    view = ITEM_VIEW
-
-    def _load(self) -> ItemFeatures:
-        data = self._state.value()
-        return ItemFeatures.from_bytes(data) if data is not None else ItemFeatures.empty()
-
-    def process_element(self, event: InteractionEvent, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        aggregate = self._load()
-        aggregate.apply(event)
-        self._state.update(aggregate.to_bytes())
-        self._mark_dirty(ctx)
-        return iter(())
+    def _emit(
+        self, bucket: int, table: EntityTable[ItemFeatures], clock: int, ctx: KeyedProcessFunction.Context
+    ) -> Iterator[list[FeatureRow]]:
+        rows = table.due_rows(clock)
+        if rows:
+            yield rows
+        table.save()
+        self._timers.arm(bucket, table.next_due_ms(), ctx)
 
 
 class Catalog:
@@ -352,59 +386,32 @@ class Catalog:
 # --- writing -------------------------------------------------------------------
 
 
-class OnlineStoreWriter(KeyedProcessFunction):  # type: ignore[misc]
-    """Buffers rows in Flink list state and writes them in batches; blocks and retries while Redis is down.
+class OnlineStoreWriter(ProcessFunction):  # type: ignore[misc]
+    """Writes each row batch to the online store before taking the next; blocks and retries while Redis is down.
 
-    The buffer is keyed state, so rows waiting at a checkpoint are restored and
-    written after a crash: nothing emitted is lost. Blocking on a down Redis
-    is the backpressure: the readers stop reading until it is back.
+    Needs no state: a checkpoint barrier reaches this operator only after every
+    batch emitted before it has been written. Blocking on a down Redis is the
+    backpressure: the readers stop reading until it is back, nothing is dropped.
     """
 
     def __init__(self, settings: StreamSettings) -> None:
         self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self._buffer = runtime_context.get_list_state(ListStateDescriptor("rows", Types.PICKLED_BYTE_ARRAY()))
-        self._count = runtime_context.get_state(ValueStateDescriptor("buffered", Types.LONG()))
-        self._timer = runtime_context.get_state(ValueStateDescriptor("flush_timer", Types.LONG()))
         self._sink = OnlineStoreSink(self.settings.redis_address, self.settings.feast_registry)
         self._freshness = metrics.RecentFreshness(self.settings.freshness_window_s)
         self._retry(self._sink.open)
         metrics.serve(self.settings.metrics_port)
 
-    def process_element(self, row: FeatureRow, ctx: KeyedProcessFunction.Context) -> Iterator[None]:
-        self._buffer.add(pickle.dumps(row, protocol=pickle.HIGHEST_PROTOCOL))
-        count = (self._count.value() or 0) + 1
-        self._count.update(count)
-        now = ctx.timer_service().current_processing_time()
-        pending = self._timer.value()
-        if count >= self.settings.sink_batch_size:
-            self._flush()
-        elif pending is None:
-            at = now + self.settings.sink_max_delay_ms
-            ctx.timer_service().register_processing_time_timer(at)
-            self._timer.update(at)
-        else:
-            self._timer.update(rearm_if_lost(ctx, pending, now, self.settings.sink_max_delay_ms))
+    def process_element(self, rows: list[FeatureRow], ctx: ProcessFunction.Context) -> Iterator[None]:
+        self._retry(lambda: self._sink.write(rows))
+        written = now_ms()
+        for row in rows:
+            metrics.ROWS_WRITTEN.labels(row.view).inc()
+            if row.newest_event_ms is not None:
+                self._freshness.observe(max(0, written - row.newest_event_ms) / 1000)
+        self._freshness.publish()
         return iter(())  # a sink: PyFlink still wants an iterable back
-
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[None]:
-        self._timer.clear()
-        self._flush()
-        return iter(())
-
-    def _flush(self) -> None:
-        rows: list[FeatureRow] = [pickle.loads(data) for data in self._buffer.get() or []]
-        if rows:
-            self._retry(lambda: self._sink.write(rows))
-            written = now_ms()
-            for row in rows:
-                metrics.ROWS_WRITTEN.labels(row.view).inc()
-                if row.newest_event_ms is not None:
-                    self._freshness.observe(max(0, written - row.newest_event_ms) / 1000)
-            self._freshness.publish()
-        self._buffer.clear()
-        self._count.clear()
 
     def _retry(self, action: Any) -> None:
         delay = 0.1

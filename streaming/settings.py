@@ -30,9 +30,15 @@ class StreamSettings(BaseSettings):
     checkpoint_interval_ms: int = Field(2000, gt=0)
     parallelism: int = Field(1, gt=0, description="Parallelism of the readers and feature operators.")
     ticks_per_second: int = Field(
-        200, gt=0, description="Rate of the tick source; each tick polls every partition once."
+        50, gt=0, description="Rate of the tick source; each tick polls every partition once (adds up to 1/rate s)."
     )
-    max_records_per_poll: int = Field(1000, gt=0, description="Records one tick reads from one partition, at most.")
+    max_records_per_poll: int = Field(2000, gt=0, description="Records one tick reads from one partition, at most.")
+    item_buckets: int = Field(
+        16, gt=0, description="Flink keys of the item operator; items are spread over them by hash of item_id."
+    )
+    entity_cache_size: int = Field(
+        100_000, gt=0, description="Decoded aggregates kept in memory per operator key (state holds them all)."
+    )
     partition_refresh_s: float = Field(10.0, gt=0, description="How often new partitions are looked for.")
     lateness_ms: int = Field(
         300_000,
