@@ -121,7 +121,7 @@ def run_freshrank(
 
         wait_until(lambda: admitted() >= sent, timeout_s=max(120.0, seconds * 10))
         caught_up = time.monotonic()
-        time.sleep(1.0)  # the last coalesced rows
+        time.sleep(2.5)  # the last coalesced rows, and a publish of the freshness gauges (once a second)
         series = scrape(job.address) or {}
     applied = int(series.get('freshrank_stream_events_total{outcome="admitted"}', 0))
     freshness = {

@@ -55,9 +55,11 @@ def serve(port: int) -> None:
 class RecentFreshness:
     """Freshness samples of the last `horizon_s`, for p50/p99 gauges that `freshrank status` shows."""
 
-    def __init__(self, horizon_s: float = 60.0) -> None:
+    def __init__(self, horizon_s: float = 60.0, every_s: float = 1.0) -> None:
         self.horizon_s = horizon_s
+        self.every_s = every_s
         self._samples: deque[tuple[float, float]] = deque()
+        self._published = -float("inf")
 
     def observe(self, freshness_s: float, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -65,7 +67,12 @@ class RecentFreshness:
         self._samples.append((now, freshness_s))
 
     def publish(self, now: float | None = None) -> None:
+        """Recompute the gauges, at most once per `every_s`: sorting a minute of samples per batch cost a quarter
+        of the job's CPU at 1,000 events/s."""
         now = time.monotonic() if now is None else now
+        if now - self._published < self.every_s:
+            return
+        self._published = now
         while self._samples and self._samples[0][0] < now - self.horizon_s:
             self._samples.popleft()
         values = sorted(v for _, v in self._samples)

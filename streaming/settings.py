@@ -46,7 +46,5 @@ class StreamSettings(BaseSettings):
         description="Per-user lateness bound: an event older than the user's newest admitted event by more is late.",
     )
     flush_interval_ms: int = Field(100, gt=0, description="A key emits at most one row per interval (coalescing).")
-    sink_batch_size: int = Field(500, gt=0, description="Rows per Redis pipeline.")
-    sink_max_delay_ms: int = Field(50, gt=0, description="A buffered row is written within this long.")
     metrics_port: int = Field(9464, ge=0, description="Prometheus /metrics of the job; 0 disables.")
     freshness_window_s: float = Field(60.0, gt=0, description="Window of the freshness p50/p99 gauges.")
