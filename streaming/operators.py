@@ -88,9 +88,10 @@ class TableTimers:
     """One processing-time timer per Flink key, at the earliest row its table owes.
 
     Only the earliest pending timer is remembered, in memory: a timer that fires
-    early or twice just finds nothing due. Timers registered before a checkpoint
-    are restored by Flink and fire after a restore, which wakes a table that gets
-    no new element.
+    early or twice just finds nothing due. Timers are for latency only: ticks
+    wake every partition and a heartbeat wakes every item bucket each second, so
+    a table restored from a checkpoint emits what it owes even if a restored
+    timer never fires (seen with PyFlink's process mode).
     """
 
     def __init__(self) -> None:
@@ -215,6 +216,7 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
         self._timers = TableTimers()
         self._gates: dict[int, CachedObjects[AdmissionGate]] = {}
         self._tables: dict[int, EntityTable[UserFeatures]] = {}
+        self._heartbeat = 0.0
         metrics.serve(self.settings.metrics_port)
 
     def _state_of(self, partition: int) -> tuple[CachedObjects[AdmissionGate], EntityTable[UserFeatures]]:
@@ -278,6 +280,12 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
         for admission, count in counts.items():
             if count:
                 metrics.EVENTS.labels(admission.value).inc(count)
+        if time.monotonic() - self._heartbeat > 1.0:
+            # Wakes every item bucket once a second, so one that gets no events still emits the
+            # rows it owes (after a restore, too) without depending on restored timers.
+            self._heartbeat = time.monotonic()
+            for bucket in range(buckets):
+                by_bucket.setdefault(bucket, [])
         for bucket, events in by_bucket.items():
             yield ITEM_EVENTS, ItemBatch(bucket, events)
         rows = users.due_rows(clock)
