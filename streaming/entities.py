@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from features.definitions import DAY_MS, FeatureValue
 
@@ -77,9 +77,11 @@ class Aggregate(Protocol):
     def to_bytes(self) -> bytes: ...
 
 
-@dataclass(frozen=True, slots=True)
-class FeatureRow:
-    """One entity's feature values as of `as_of_ms`, to be written with Feast timestamp `timestamp_us`."""
+class FeatureRow(NamedTuple):
+    """One entity's feature values as of `as_of_ms`, to be written with Feast timestamp `timestamp_us`.
+
+    A tuple, not a dataclass: rows are pickled between operators and tuples unpickle fast.
+    """
 
     view: str
     entity_id: str

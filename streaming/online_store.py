@@ -65,8 +65,10 @@ class OnlineStoreSink:
         self._check()
 
     def _check(self) -> None:
-        host, _, port = self.redis_address.partition(",")[0].rpartition(":")
-        client = redis.Redis(host=host, port=int(port), socket_connect_timeout=2, socket_timeout=2)
+        address, *options = self.redis_address.split(",")
+        host, _, port = address.rpartition(":")
+        password = next((o.partition("=")[2] for o in options if o.startswith("password=")), None)
+        client = redis.Redis(host=host, port=int(port), password=password, socket_connect_timeout=2, socket_timeout=2)
         try:
             client.ping()
         except redis.RedisError as error:

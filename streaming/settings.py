@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,7 +20,16 @@ class StreamSettings(BaseSettings):
     consumer_group: str = Field(
         "freshrank-stream", description="Group id the reader commits offsets under, for lag monitoring only."
     )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="Kafka SASL mechanism (SASL_* protocols)."
+    )
+    sasl_username: str | None = Field(None, description="Kafka SASL user.")
+    sasl_password: SecretStr | None = Field(None, description="Kafka SASL password; never printed.")
     redis_address: str = Field("127.0.0.1:6379", description="Redis of the Feast online store (host:port).")
+    redis_password: SecretStr | None = Field(None, description="Redis password (AUTH); never printed.")
     feast_registry: Path = Field(Path(".freshrank/feast/registry.db"), description="Feast registry path or URI.")
     catalog_path: Path | None = Field(
         None, description="Item catalog parquet (item_id, category); categories feed user affinity."
@@ -48,3 +58,33 @@ class StreamSettings(BaseSettings):
     flush_interval_ms: int = Field(100, gt=0, description="A key emits at most one row per interval (coalescing).")
     metrics_port: int = Field(9464, ge=0, description="Prometheus /metrics of the job; 0 disables.")
     freshness_window_s: float = Field(60.0, gt=0, description="Window of the freshness p50/p99 gauges.")
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> StreamSettings:
+        if self.security_protocol.startswith("SASL_") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs FRESHRANK_STREAM_SASL_MECHANISM, "
+                "FRESHRANK_STREAM_SASL_USERNAME and FRESHRANK_STREAM_SASL_PASSWORD"
+            )
+        return self
+
+    def kafka_config(self) -> dict[str, str | int | float | bool]:
+        """librdkafka properties shared by the job's consumers, admin client and DLQ producer."""
+        config: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+            "log_level": 3,
+        }
+        if self.sasl_mechanism and self.sasl_username and self.sasl_password:
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        return config
+
+    def redis_connection_string(self) -> str:
+        """Feast's redis connection_string: host:port, plus ",password=..." when Redis wants AUTH."""
+        if self.redis_password is None:
+            return self.redis_address
+        return f"{self.redis_address},password={self.redis_password.get_secret_value()}"
