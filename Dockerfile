@@ -95,7 +95,6 @@ ENV PATH=/opt/freshrank/venv/bin:/opt/flink/bin:$PATH \
     FLINK_HOME=/opt/flink \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    FEAST_USAGE=False \
     HOME=/home/freshrank
 
 WORKDIR /home/freshrank
