@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 import re
 from typing import Any
@@ -447,3 +448,43 @@ def test_every_default_value_key_is_used_by_a_template() -> None:
 
     walk("", DEFAULTS)
     assert not unused, unused
+
+
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        ({"api": {"replicas": 3}}, "/api"),  # the key is replicaCount
+        ({"stream": {"upgradeMode": "last_state"}}, "/stream/upgradeMode"),
+        ({"kafka": {"securityProtocol": "SASL"}}, "/kafka/securityProtocol"),
+        ({"stream": {"parallelism": 0}}, "/stream/parallelism"),
+        ({"candidates": {"args": "candidates"}}, "/candidates/args"),
+    ],
+)
+def test_misspelt_or_invalid_values_are_rejected_by_the_values_schema(values: dict[str, Any], where: str) -> None:
+    # Without values.schema.json Helm would ignore an unknown key and deploy the default.
+    with pytest.raises(helm.HelmValuesError, match=re.escape(where)):
+        render(values)
+
+
+def test_values_schema_names_exactly_the_keys_of_values_yaml() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    # Keys a user may add that have no default (the operator's optional Resource field).
+    optional = {".stream.jobManager.resource.ephemeralStorage", ".stream.taskManager.resource.ephemeralStorage"}
+    mismatches: list[str] = []
+
+    def compare(path: str, node_schema: dict[str, Any], node: Any) -> None:
+        if "properties" not in node_schema:
+            return  # a free-form block (resources, nodeSelector, experiments, ...)
+        assert node_schema.get("additionalProperties") is False, f"{path or 'root'} must forbid unknown keys"
+        declared, present = set(node_schema["properties"]), set(node)
+        mismatches.extend(f"{path}.{key}: in values.yaml, not in the schema" for key in present - declared)
+        mismatches.extend(
+            f"{path}.{key}: in the schema, not in values.yaml"
+            for key in declared - present
+            if f"{path}.{key}" not in optional
+        )
+        for key in declared & present:
+            compare(f"{path}.{key}", node_schema["properties"][key], node[key])
+
+    compare("", schema, DEFAULTS)
+    assert not mismatches, mismatches
