@@ -267,6 +267,9 @@ def test_stream_job_runs_the_python_entry_with_savepoint_upgrades_and_checkpoint
     assert config["execution.checkpointing.mode"] == "EXACTLY_ONCE"
     assert config["python.execution-mode"] == "thread"
     assert config["python.executable"] == "/opt/freshrank/venv/bin/python"
+    # A lost JobManager resumes from the latest checkpoint instead of starting over.
+    assert config["high-availability.type"] == "kubernetes"
+    assert config["high-availability.storageDir"] == "file:///var/lib/freshrank/flink/ha"
     assert spec["image"] == "freshrank:0.1.0" and spec["serviceAccount"] == "flink"
     container = spec["podTemplate"]["spec"]["containers"][0]
     assert container["name"] == "flink-main-container"  # the name the operator merges into
@@ -343,8 +346,8 @@ def test_without_a_claim_pods_fall_back_to_emptydir_and_notes_warn() -> None:
         ({"kafka": {"securityProtocol": "SASL_SSL", "saslMechanism": "PLAIN"}}, "needs kafka.existingSecret"),
         ({"kafka": {"securityProtocol": "SASL_SSL", "existingSecret": "k"}}, "needs kafka.saslMechanism"),
         ({"api": {"existingSecret": ""}}, "api.environment=production needs api.existingSecret"),
-        ({"stream": {"upgradeMode": "last-state"}}, "needs stream.highAvailability.enabled"),
-        ({"stream": {"jobManager": {"replicas": 2}}}, "needs stream.highAvailability.enabled"),
+        ({"stream": {"upgradeMode": "last-state", "highAvailability": {"enabled": False}}}, "needs stream.high"),
+        ({"stream": {"jobManager": {"replicas": 2}, "highAvailability": {"enabled": False}}}, "needs stream.high"),
         ({"stream": {"checkpoints": {"savepointsUri": ""}}}, "needs stream.checkpoints.savepointsUri"),
     ],
 )
