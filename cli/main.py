@@ -358,6 +358,7 @@ ItemsOption = Annotated[int, typer.Option(min=1, help="Synthetic world: items at
 SecondsOption = Annotated[float, typer.Option(min=60, help="Synthetic world: seconds of event time.")]
 RateOption = Annotated[float, typer.Option(min=1, help="Synthetic world: events per second.")]
 SeedOption = Annotated[int, typer.Option(help="Synthetic world: seed (same seed, same world).")]
+NewItemsOption = Annotated[float, typer.Option(min=0, help="Synthetic world: new items per minute.")]
 EventsOption = Annotated[Path | None, typer.Option(help="Event log file (parquet or .avro); implies --dataset log.")]
 TopicOption = Annotated[str | None, typer.Option(help="Read the whole Kafka topic instead; implies --dataset log.")]
 CatalogOption = Annotated[Path | None, typer.Option(help="Item catalog parquet for --dataset log.")]
@@ -383,6 +384,7 @@ def _training_source(
     seconds: float,
     rate: float,
     seed: int,
+    new_items_per_minute: float = 1.0,
     events: Path | None,
     topic: str | None,
     bootstrap: str | None,
@@ -404,6 +406,7 @@ def _training_source(
             seconds=seconds,
             rate=rate,
             seed=seed,
+            new_items_per_minute=new_items_per_minute,
             progress=lambda n: progress.update(task, completed=min(n, expected)),
         )
         progress.update(task, completed=expected)
@@ -468,6 +471,7 @@ def train(
     seconds: SecondsOption = 10_800.0,
     rate: RateOption = 20.0,
     seed: SeedOption = 0,
+    new_items_per_minute: NewItemsOption = 1.0,
     events: EventsOption = None,
     topic: TopicOption = None,
     bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers for --topic.")] = None,
@@ -489,6 +493,7 @@ def train(
             source = _training_source(
                 dataset, users=users, items=items, seconds=seconds, rate=rate, seed=seed, events=events,
                 topic=topic, bootstrap=bootstrap, catalog=catalog, cache_dir=cache_dir, progress=progress,
+                new_items_per_minute=new_items_per_minute,
             )  # fmt: skip
             experiment = run_experiment(source, progress=_step_progress(progress))
         report = experiment.report
@@ -532,6 +537,7 @@ def evaluate_command(
     seconds: SecondsOption = 10_800.0,
     rate: RateOption = 20.0,
     seed: SeedOption = 0,
+    new_items_per_minute: NewItemsOption = 1.0,
     events: EventsOption = None,
     topic: TopicOption = None,
     bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers for --topic.")] = None,
@@ -561,6 +567,7 @@ def evaluate_command(
             source = _training_source(
                 dataset, users=users, items=items, seconds=seconds, rate=rate, seed=seed, events=events,
                 topic=topic, bootstrap=bootstrap, catalog=catalog, cache_dir=cache_dir, progress=progress,
+                new_items_per_minute=new_items_per_minute,
             )  # fmt: skip
             update = _step_progress(progress)
             if model_version is None:
@@ -606,3 +613,67 @@ def datasets_fetch(
     except TrainingError as error:
         raise fail(str(error)) from None
     console.print(f"ml-100k ready: {out / 'events.parquet'} and {out / 'catalog.parquet'}")
+
+
+def resolve_redis(explicit: str | None) -> str:
+    """Explicit option, else FRESHRANK_REDIS_ADDRESS, else the running local stack's Redis, else 127.0.0.1:6379."""
+    if explicit:
+        return explicit
+    from_env = os.environ.get("FRESHRANK_REDIS_ADDRESS")
+    if from_env:
+        return from_env
+    state = read_state(stack_settings(None))
+    if state and "redis" in state.get("components", {}):
+        return str(state["components"]["redis"]["address"])
+    return "127.0.0.1:6379"
+
+
+@app.command()
+def candidates(
+    dataset: DatasetOption = "log",
+    events: EventsOption = None,
+    topic: TopicOption = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers for --topic.")] = None,
+    catalog: CatalogOption = None,
+    users: UsersOption = 1000,
+    items: ItemsOption = 500,
+    seconds: SecondsOption = 3600.0,
+    rate: RateOption = 20.0,
+    seed: SeedOption = 0,
+    cache_dir: CacheOption = Path(".freshrank/datasets"),
+    redis_address: Annotated[
+        str | None, typer.Option("--redis", help="Redis host:port [env FRESHRANK_REDIS_ADDRESS; default local stack].")
+    ] = None,
+    ttl: Annotated[int, typer.Option(min=1, help="Seconds before a written list expires.")] = 24 * 3600,
+    per_user: Annotated[int, typer.Option(min=1, max=500, help="Candidates per user.")] = 500,
+    now_ms: Annotated[int | None, typer.Option(help="Generate as of this event time (default: newest event).")] = None,
+) -> None:
+    """Co-visitation + new + popular candidate lists per user, and popular fallbacks, written to Redis with a TTL."""
+    from training.candidates import CandidateConfig, CandidateWriter, generate_candidates
+    from training.errors import TrainingError
+
+    if dataset == "log" and events is None and topic is None:
+        topic = "interactions"
+    writer = CandidateWriter(resolve_redis(redis_address), ttl_s=ttl)
+    try:
+        with _progress() as progress:
+            source = _training_source(
+                dataset, users=users, items=items, seconds=seconds, rate=rate, seed=seed, events=events,
+                topic=topic, bootstrap=bootstrap, catalog=catalog, cache_dir=cache_dir, progress=progress,
+            )  # fmt: skip
+            with console.status("counting co-visitation and popularity..."):
+                lists = generate_candidates(source.events, source.catalog, now_ms, CandidateConfig(per_user=per_user))
+            writer.open()
+            try:
+                update = _step_progress(progress)
+                written = writer.write(lists, lambda done, total: update("writing to Redis", done, total))
+            finally:
+                writer.close()
+    except TrainingError as error:
+        raise fail(str(error)) from None
+    sizes = [len(ids) for ids in lists.users.values()]
+    console.print(
+        f"wrote {written} keys to {writer.address} (TTL {ttl} s): {len(lists.users)} users "
+        f"(median {sorted(sizes)[len(sizes) // 2] if sizes else 0} candidates), "
+        f"{len(lists.popular_by_country)} countries, {len(lists.popular_global)} global popular items"
+    )

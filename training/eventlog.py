@@ -106,13 +106,16 @@ def read_topic(
     topic: str,
     stats: ReadStats | None = None,
     timeout_s: float = 60.0,
+    idle_s: float = 2.0,
     extra_config: dict[str, Any] | None = None,
 ) -> Iterator[InteractionEvent]:
-    """Every event in `topic` up to the high watermarks at the time of the call, partition by partition.
+    """Every event in `topic`, from the first offset until the log is drained.
 
-    Assigns partitions explicitly (no consumer group, nothing committed) because the
-    training replay must see the whole log. Partition order is per-user log order,
-    since the topic is keyed by user_id.
+    Assigns all partitions explicitly (no consumer group, nothing committed) because the
+    training replay must see the whole log. Drained = every partition has reached the
+    high watermark reported at the start and nothing new arrived for `idle_s`: the
+    watermark alone is not trusted, as the embedded broker (Tansu) reports too low a
+    one. Per-user log order is kept (the topic is keyed by user_id, one partition per user).
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
@@ -131,34 +134,35 @@ def read_topic(
         info = metadata.topics.get(topic)
         if info is None or info.error is not None or not info.partitions:
             raise SourceError(f"topic {topic!r} is not available at {bootstrap_servers}")
-        for partition in sorted(info.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
-            if high <= low:
+        partitions = sorted(info.partitions)
+        high = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)[1] for p in partitions}
+        position = dict.fromkeys(partitions, 0)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        last_message = time.monotonic()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            messages = consumer.consume(1000, timeout=min(idle_s, 0.5))
+            now = time.monotonic()
+            if not messages:
+                behind = [p for p in partitions if position[p] < high[p]]
+                if not behind and now - last_message >= idle_s:
+                    return
+                if behind and now > deadline:
+                    raise SourceError(f"{topic}: partitions {behind} stalled before their high watermark")
                 continue
-            consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
-            deadline = time.monotonic() + timeout_s
-            position = low
-            while position < high:
-                messages = consumer.consume(1000, timeout=1.0)
-                if not messages and time.monotonic() > deadline:
-                    raise SourceError(f"{topic}[{partition}] stalled at offset {position} of {high}")
-                for message in messages:
-                    if message.error() is not None:
-                        continue
-                    offset = message.offset()
-                    if offset is None:
-                        continue
-                    if offset >= high:
-                        position = high
-                        break
-                    position = offset + 1
-                    deadline = time.monotonic() + timeout_s
-                    stats.read += 1
-                    event = codec.decode(message.value())
-                    if isinstance(event, Rejection):
-                        stats.rejected += 1
-                        continue
-                    yield event
+            last_message, deadline = now, now + timeout_s
+            for message in messages:
+                if message.error() is not None:
+                    continue
+                offset, partition = message.offset(), message.partition()
+                if offset is not None and partition is not None:
+                    position[partition] = max(position.get(partition, 0), offset + 1)
+                stats.read += 1
+                event = codec.decode(message.value())
+                if isinstance(event, Rejection):
+                    stats.rejected += 1
+                    continue
+                yield event
     except KafkaException as error:
         raise SourceError(f"reading {topic!r} from {bootstrap_servers} failed: {error}") from None
     finally:

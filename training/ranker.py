@@ -113,8 +113,35 @@ def train_ranker(
     )
     best = int(booster.best_iteration or booster.current_iteration())
     # Keep only the trees early stopping chose, so LightGBM and the ONNX export are the same model.
-    trimmed = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
-    return TrainedRanker(trimmed, best, params)
+    text = float32_thresholds(booster.model_to_string(num_iteration=best))
+    return TrainedRanker(lgb.Booster(model_str=text), best, params)
+
+
+def _round_down_to_float32(value: float) -> float:
+    f = np.float32(value)
+    if float(f) > value:
+        f = np.nextafter(f, np.float32(-np.inf), dtype=np.float32)
+    return float(f)
+
+
+def float32_thresholds(model_text: str) -> str:
+    """The same LightGBM model with every split threshold t replaced by the largest float32 <= t.
+
+    ONNX tree ensembles compare float32 inputs with float32 thresholds, and the converter
+    rounds a double threshold to the *nearest* float32; a value lying between t and that
+    rounding then goes the other way (seen: a 1e-3 difference in one prediction). For a
+    float32 x, `x <= t` holds exactly when `x <= round_down(t)`, so this changes no
+    prediction on float32 input, and both runtimes then compare against the same number.
+    """
+    out = []
+    for line in model_text.splitlines():
+        if line.startswith("tree_sizes="):
+            continue  # byte sizes of the tree blocks, which change here; LightGBM parses without them
+        if line.startswith("threshold="):
+            values = line[len("threshold=") :].split()
+            line = "threshold=" + " ".join(repr(_round_down_to_float32(float(v))) for v in values)
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def export_onnx(ranker: TrainedRanker) -> bytes:

@@ -62,7 +62,7 @@ def synthetic_source(
     seconds: float = 3 * 3600.0,
     rate: float = 20.0,
     seed: int = 0,
-    new_items_per_minute: float = 2.0,
+    new_items_per_minute: float = 1.0,
     start_ms: int = DEFAULT_SYNTHETIC_START_MS,
     progress: Callable[[int], None] | None = None,
 ) -> EventSource:
