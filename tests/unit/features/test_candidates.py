@@ -1,0 +1,34 @@
+"""Candidate keys and values as the API reads them."""
+
+from __future__ import annotations
+
+from features.candidates import (
+    MAX_CANDIDATES,
+    decode_candidates,
+    encode_candidates,
+    popular_country_key,
+    popular_global_key,
+    user_key,
+)
+
+
+def test_keys_are_the_documented_names() -> None:
+    assert user_key("u-42") == "freshrank:cand:user:u-42"
+    assert popular_global_key() == "freshrank:cand:popular:global"
+    assert popular_country_key("us") == "freshrank:cand:popular:country:US"
+
+
+def test_round_trip_keeps_order_and_caps_the_length() -> None:
+    ids = [f"item-{i}" for i in range(MAX_CANDIDATES + 20)]
+    raw = encode_candidates(ids)
+    assert raw.startswith(b'["item-0","item-1"')
+    assert decode_candidates(raw) == ids[:MAX_CANDIDATES]
+    assert decode_candidates(raw.decode()) == ids[:MAX_CANDIDATES]
+
+
+def test_missing_or_garbage_values_decode_to_none() -> None:
+    assert decode_candidates(None) is None
+    assert decode_candidates(b"not json") is None
+    assert decode_candidates(b'{"a": 1}') is None
+    assert decode_candidates(b"[1, 2]") is None
+    assert decode_candidates(b"\xff\xfe") is None
