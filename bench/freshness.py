@@ -75,10 +75,11 @@ def world(rate: float, seconds: float, seed: int, start_ms: int) -> SyntheticWor
 
 def publish(bootstrap: str, topic: str, rate: float, seconds: float, seed: int) -> tuple[int, float]:
     """Publish the world paced to real time; returns (events sent, monotonic time publishing started)."""
-    first_ms = wall_clock_ms()
+    first_ms = wall_clock_ms() + 3000  # building the world must not make the first events late
+    events = world(rate, seconds, seed, first_ms).events()
     started = time.monotonic()
     with EventPublisher(KafkaSettings(bootstrap_servers=bootstrap, topic=topic)) as publisher:
-        sent = publish_paced(publisher, world(rate, seconds, seed, first_ms).events(), first_ms)
+        sent = publish_paced(publisher, events, first_ms, live=True)
     return sent, started
 
 

@@ -254,7 +254,8 @@ def generate(
     from training.synthetic import SyntheticWorld, WorldConfig, write_catalog, write_ground_truth
 
     settings = KafkaSettings(bootstrap_servers=resolve_bootstrap(bootstrap, state_dir))
-    first_ms = start_ms if start_ms is not None else wall_clock_ms()
+    # Live worlds start a moment ahead, so building them does not make the first events late.
+    first_ms = start_ms if start_ms is not None else wall_clock_ms() + 2000
     world = SyntheticWorld(
         WorldConfig(users=users, items=items, seed=seed, rate=rate, seconds=seconds, start_ms=first_ms)
     )
@@ -275,6 +276,7 @@ def generate(
                 first_ms,
                 paced=not as_fast_as_possible,
                 on_progress=lambda n: progress.update(task, completed=min(n, expected)),
+                live=start_ms is None,
             )
             progress.update(task, completed=expected, total=max(expected, published))
     except SDKError as error:

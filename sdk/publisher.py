@@ -160,16 +160,23 @@ def publish_paced(
     first_event_ms: int,
     paced: bool = True,
     on_progress: Callable[[int], None] = lambda _published: None,
+    live: bool = False,
 ) -> int:
     """Publish events in order, each no earlier than its event time after `first_event_ms` (replay at 1x).
 
+    With `live=True` event times are wall-clock times: each event goes out when the
+    clock reaches its event time, so time spent building the events before the
+    first one is not added to every event's age (it was ~3 s, counted as staleness).
     Returns how many were published. With `paced=False`, publishes as fast as the broker takes them.
     """
     wall_start = time.monotonic()
     published = 0
     for event in events:
         if paced:
-            ahead_s = (event.event_time_ms - first_event_ms) / 1000 - (time.monotonic() - wall_start)
+            if live:
+                ahead_s = (event.event_time_ms - wall_clock_ms()) / 1000
+            else:
+                ahead_s = (event.event_time_ms - first_event_ms) / 1000 - (time.monotonic() - wall_start)
             if ahead_s > 0.002:
                 publisher.poll(0)
                 time.sleep(ahead_s)
