@@ -14,15 +14,17 @@ import json
 from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import httpx
 import numpy as np
 import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper
 
 from features.ranking import RANKER_FEATURES
+
+if TYPE_CHECKING:
+    import httpx  # a dev dependency: only AppClient needs it
 
 T = TypeVar("T")
 INPUT_NAME = "features"
@@ -122,6 +124,8 @@ class AppClient:
         self._client: httpx.AsyncClient | None = None
 
     def __enter__(self) -> AppClient:
+        import httpx
+
         async def start() -> httpx.AsyncClient:
             await self._stack.enter_async_context(self.app.router.lifespan_context(self.app))
             transport = httpx.ASGITransport(app=self.app)
