@@ -1,4 +1,8 @@
-"""Typed dependencies of the routes: the services built in the lifespan, and API-key auth."""
+"""Typed dependencies of the routes: the services built in the lifespan, and API-key auth.
+
+Dependencies are `async def` on purpose: FastAPI runs plain `def` dependencies in a
+thread pool, a thread hop per request that costs more than the dependency itself.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ class Services:
     clock_ms: Callable[[], int]
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -44,7 +48,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def require_api_key(
+async def require_api_key(
     services: ServicesDep,
     authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
     x_api_key: Annotated[str | None, Header(description="The API key (alternative to Authorization)")] = None,

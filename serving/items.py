@@ -57,6 +57,9 @@ class Catalog:
     def get(self, item_id: str) -> ItemMeta | None:
         return self._metas.get(item_id)
 
+    def metas_for(self, item_ids: Sequence[str]) -> list[ItemMeta | None]:
+        return list(map(self._metas.get, item_ids))
+
     def ids(self) -> list[str]:
         return list(self._metas)
 
@@ -198,12 +201,14 @@ class ItemFeatureCache:
         self._pending: set[str] = set()
         self._absent: set[str] = set()
         self._wake = asyncio.Event()
+        self._backoff_s = 0.0
+        self._retry_at = 0.0
         self.last_error: str | None = None
 
     def lookup(self, item_ids: Sequence[str]) -> ItemLookup:
         snapshot = self.snapshot
         get = snapshot.index.get
-        rows = np.fromiter((get(item_id, -1) for item_id in item_ids), dtype=np.intp, count=len(item_ids))
+        rows = np.array([get(item_id, -1) for item_id in item_ids], dtype=np.intp)
         not_yet_read = 0
         if (rows < 0).any():
             not_yet_read = self._want([item_ids[i] for i in np.flatnonzero(rows < 0)])
@@ -222,12 +227,13 @@ class ItemFeatureCache:
 
     def _want(self, missing: list[str]) -> int:
         """Queue a quick read of the missing items; returns how many were not known to be absent."""
-        fresh = [item_id for item_id in missing if item_id not in self._absent]
-        self.note_interest(missing)
-        if fresh:
-            self._pending.update(fresh)
+        unread = [item_id for item_id in missing if item_id not in self._absent]
+        new = [item_id for item_id in unread if item_id not in self._pending]
+        if new:
+            self._pending.update(new)
+            self.note_interest(new)
             self._wake.set()
-        return len(fresh)
+        return len(unread)
 
     def refresh_age_s(self) -> float | None:
         refreshed = self.snapshot.refreshed_ms
@@ -242,6 +248,12 @@ class ItemFeatureCache:
                     return list(ordered)
         return list(ordered)
 
+    def _failed(self, error: OnlineStoreError) -> None:
+        self.last_error = str(error)
+        # Back off: a down store must not cost a read attempt (and its CPU) per request.
+        self._backoff_s = min(max(0.5, 2 * self._backoff_s), self.refresh_s)
+        self._retry_at = time.monotonic() + self._backoff_s
+
     async def refresh(self) -> bool:
         """Read every wanted item now and replace the snapshot; False (snapshot kept) if the store failed."""
         ids = self.wanted_ids()
@@ -249,7 +261,7 @@ class ItemFeatureCache:
         try:
             rows = await self.store.item_rows(ids)
         except OnlineStoreError as error:
-            self.last_error = str(error)
+            self._failed(error)
             self.metrics.item_cache_refreshes.labels("failed").inc()
             log.warning("item features not refreshed: %s", error)
             return False
@@ -257,6 +269,7 @@ class ItemFeatureCache:
         self._absent = {item_id for item_id in ids if item_id not in rows}
         self._pending -= set(ids)
         self.last_error = None
+        self._backoff_s = 0.0
         self.metrics.item_cache_refreshes.labels("ok").inc()
         self.metrics.item_cache_items.set(len(rows))
         return True
@@ -267,8 +280,10 @@ class ItemFeatureCache:
         try:
             rows = await self.store.item_rows(pending)
         except OnlineStoreError as error:
-            self.last_error = str(error)
+            self._failed(error)
+            self._pending.update(pending)  # read again once the back-off is over
             return
+        self._backoff_s = 0.0
         self._absent.update(item_id for item_id in pending if item_id not in rows)
         self.snapshot = self.snapshot.merged(rows)
         self.metrics.item_cache_items.set(len(self.snapshot.index))
@@ -280,13 +295,17 @@ class ItemFeatureCache:
             now = time.monotonic()
             if now >= next_full:
                 ok = await self.refresh()
-                # After a failure retry sooner, but not in a tight loop.
-                next_full = now + (self.refresh_s if ok else min(self.refresh_s, 2.0))
-            elif self._pending:
+                next_full = time.monotonic() + (self.refresh_s if ok else self._backoff_s)
+                continue
+            if self._pending and now >= self._retry_at:
                 await asyncio.sleep(0.05)  # gather a few requests' misses into one read
                 await self.read_pending()
+                continue
             self._wake.clear()
+            if self._pending:  # backing off after a failure: requests' wake-ups must not spin the loop
+                await asyncio.sleep(max(0.0, min(next_full, self._retry_at) - now))
+                continue
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_full - time.monotonic()))
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_full - now))
             except TimeoutError:
                 pass

@@ -197,7 +197,7 @@ class FeedRanker:
             degraded,
         )
         if cached:
-            self.items.note_interest(cached)
+            # Items the cache has not read yet are queued by the lookup that follows.
             return _dedupe(cached, limit), "user"
         fallbacks = (
             ("popular_country", self.popular.by_country.get(query.country or "", [])),
@@ -268,7 +268,7 @@ class FeedRanker:
         oldest = lookup.oldest_as_of_ms()
         if oldest is not None:
             self.metrics.feature_age.labels("item").observe(max(0.0, (now_ms - oldest) / 1000))
-        metas: list[ItemMeta | None] = [self.catalog.get(item_id) for item_id in candidates]
+        metas = self.catalog.metas_for(candidates)
         t1 = time.perf_counter()
         self._stages["item_features"].observe(t1 - t0)
 
@@ -312,18 +312,18 @@ class FeedRanker:
         item_block: npt.NDArray[np.float32],
         degraded: list[str],
     ) -> FloatArray:
-        fallback = fallback_scores(item_block[:, _SMOOTHED_CTR].astype(np.float64), PRIOR_MEAN_CTR)
         if model is None or not len(matrix):
-            return fallback
+            return fallback_scores(item_block[:, _SMOOTHED_CTR].astype(np.float64), PRIOR_MEAN_CTR)
         try:
             scores = model.score(matrix)
         except Exception as error:  # onnxruntime errors have no common base we can import
             log.error("model v%d failed to score: %s", model.version, error)
             degraded.append("model:error")
-            return fallback
+            return fallback_scores(item_block[:, _SMOOTHED_CTR].astype(np.float64), PRIOR_MEAN_CTR)
         bad = ~np.isfinite(scores)
         if bad.any():
             degraded.append("model:nonfinite")
+            fallback = fallback_scores(item_block[:, _SMOOTHED_CTR].astype(np.float64), PRIOR_MEAN_CTR)
             scores = np.where(bad, fallback, scores)
         return scores
 
@@ -342,13 +342,10 @@ class FeedRanker:
         n = len(candidates)
         last_items = user.get("user_last_item_ids") if user is not None and self.settings.filter_seen else None
         seen_ids = set(last_items) if isinstance(last_items, list) else set()
-        seen = np.fromiter((c in seen_ids for c in candidates), dtype=bool, count=n)
+        seen = np.array([c in seen_ids for c in candidates], dtype=bool) if seen_ids else np.zeros(n, dtype=bool)
         born_after = now_ms - self.settings.new_item_max_age_s * 1000
-        explorable = np.fromiter(
-            (m is not None and m.created_ms is not None and m.created_ms >= born_after for m in metas),
-            dtype=bool,
-            count=n,
-        )
+        created = np.array([m.created_ms if m is not None and m.created_ms is not None else -1 for m in metas])
+        explorable = created >= born_after if n else np.zeros(0, dtype=bool)
         clicks = np.nan_to_num(item_block[:, _CLICKS].astype(np.float64))
         impressions = np.nan_to_num(item_block[:, _IMPRESSIONS].astype(np.float64))
         categories = [m.category if m is not None else None for m in metas]

@@ -67,11 +67,15 @@ class _RunTracker:
         category = self.categories[index]
         if category is None or len(self.tail) < self.max_run:
             return True
-        return not all(previous == category for previous in self.tail[-self.max_run :])
+        return self.tail[-self.max_run :].count(category) < self.max_run
 
     def take(self, pool: list[int]) -> int:
         """Remove and return the first index of `pool` the run rule allows, else the first."""
-        position = next((p for p, candidate in enumerate(pool) if self.allows(candidate)), 0)
+        position = 0
+        for offset, candidate in enumerate(pool):
+            if self.allows(candidate):
+                position = offset
+                break
         index = pool.pop(position)
         self.tail.append(self.categories[index])
         return index
@@ -93,15 +97,16 @@ def choose_slate(
     if n == 0 or k <= 0:
         return []
     order = np.argsort(-scores, kind="stable")
-    unseen = [int(i) for i in order if not seen[i]]
-    backfill = [int(i) for i in order if seen[i]]
+    seen_in_order = seen[order]
+    unseen: list[int] = order[~seen_in_order].tolist()
+    backfill: list[int] = order[seen_in_order].tolist()
 
     explore: list[int] = []
     n_explore = int(k * config.exploration_share)
     candidates = np.flatnonzero(explorable & ~seen)
     if n_explore and len(candidates):
         ranked = thompson_order(clicks[candidates], impressions[candidates], rng, config.prior_alpha, config.prior_beta)
-        explore = [int(candidates[i]) for i in ranked[:n_explore]]
+        explore = candidates[ranked[:n_explore]].tolist()
         chosen = set(explore)
         unseen = [i for i in unseen if i not in chosen]
     slots = set(exploration_slots(min(k, n), len(explore)))

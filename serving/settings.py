@@ -98,6 +98,9 @@ class ServingSettings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
+    workers: int = Field(
+        1, ge=1, le=64, description="Server processes, each with its own ONNX session and caches (scales with cores)."
+    )
     api_keys: SecretStr = Field(
         SecretStr(DEFAULT_API_KEY),
         description="Comma-separated API keys accepted on /v1/events and /v1/admin/* (Bearer or X-API-Key).",
