@@ -120,7 +120,7 @@ def write_candidate_lists(redis_address: str, world: SeededWorld, n_candidates: 
     client.close()
 
 
-def train_model(registry: Path, world: SeededWorld, name: str = "ranker", version: int = 1) -> Path:
+def train_model(registry: Path, world: SeededWorld, name: str = "ranker", version: int = 1, trees: int = 200) -> Path:
     """A LightGBM engagement model on the world's impressions (features as of the end), exported to ONNX."""
     import lightgbm as lgb
     import onnxmltools
@@ -149,7 +149,7 @@ def train_model(registry: Path, world: SeededWorld, name: str = "ranker", versio
     x = np.vstack(blocks)
     y = np.array(labels, dtype=np.float64)
     params = {"objective": "binary", "num_leaves": 31, "learning_rate": 0.05, "num_threads": 1, "verbose": -1}
-    booster = lgb.train(params, lgb.Dataset(x, y, feature_name=list(RANKER_FEATURES)), num_boost_round=200)
+    booster = lgb.train(params, lgb.Dataset(x, y, feature_name=list(RANKER_FEATURES)), num_boost_round=trees)
     model = onnxmltools.convert_lightgbm(
         booster, initial_types=[("features", FloatTensorType([None, len(RANKER_FEATURES)]))], zipmap=False
     )
@@ -167,7 +167,7 @@ def train_model(registry: Path, world: SeededWorld, name: str = "ranker", versio
         "objective": "binary",
         "training_window": {"start_ms": min(e.event_time_ms for e in world.events), "end_ms": now},
         "data_hash": "bench",
-        "metrics": {"trees": 200, "rows": len(y)},
+        "metrics": {"trees": trees, "rows": len(y)},
     }
     (version_dir / "metadata.json").write_text(json.dumps(metadata, indent=2))
     return version_dir
