@@ -91,6 +91,16 @@ def _number(value: FeatureValue | None) -> float:
     return np.nan
 
 
+def _numeric_rows(rows: Sequence[Mapping[str, FeatureValue | None]], names: Sequence[str]) -> npt.NDArray[np.float64]:
+    """(len(rows), len(names)) float64; None or a missing key -> NaN, a non-number -> NaN."""
+    values = [[row.get(name) for name in names] for row in rows]
+    try:
+        # numpy turns None into NaN and ints into floats in one C loop: the fast path.
+        return np.array(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.array([[_number(v) for v in row] for row in values], dtype=np.float64)
+
+
 def _str_list(value: FeatureValue | None) -> list[str] | None:
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value  # type: ignore[return-value]
@@ -122,12 +132,14 @@ def feature_matrix(
         return out.astype(np.float32)
 
     if user is not None:
-        out[:, :_N_USER] = [_number(user.get(name)) for name in USER_RANKER_FEATURES]
+        out[:, :_N_USER] = _numeric_rows([user], USER_RANKER_FEATURES)[0]
 
-    item_rows = [i for i, item in enumerate(items) if item is not None]
-    if item_rows:
-        block = [[_number(items[i].get(name)) for name in ITEM_RANKER_FEATURES] for i in item_rows]  # type: ignore[union-attr]
-        out[item_rows, _ITEM_START:_CATALOG_START] = block
+    present = [item for item in items if item is not None]
+    if len(present) == n:
+        out[:, _ITEM_START:_CATALOG_START] = _numeric_rows(present, ITEM_RANKER_FEATURES)
+    elif present:
+        rows = [i for i, item in enumerate(items) if item is not None]
+        out[rows, _ITEM_START:_CATALOG_START] = _numeric_rows(present, ITEM_RANKER_FEATURES)
 
     created = np.array([np.nan if m is None or m.created_ms is None else m.created_ms for m in metas], dtype=np.float64)
     duration = np.array(

@@ -111,3 +111,12 @@ def test_empty_and_mismatched_inputs() -> None:
 def test_item_created_after_now_has_age_zero() -> None:
     x = feature_matrix(None, [None], [ItemMeta("i", None, NOW_MS + HOUR_MS, None)], NOW_MS)
     assert x[0, COL["item_age_hours"]] == 0.0
+
+
+def test_a_non_numeric_value_is_nan_in_its_column_only() -> None:
+    item = live_item()
+    item["item_clicks_1h"] = ["not", "a", "number"]
+    item["item_clicks_24h"] = None
+    x = feature_matrix(None, [item], [None], NOW_MS)
+    assert math.isnan(x[0, COL["item_clicks_1h"]]) and math.isnan(x[0, COL["item_clicks_24h"]])
+    assert x[0, COL["item_impressions_1h"]] == 1.0

@@ -1,0 +1,138 @@
+"""Point-in-time dataset: features are what the API would have seen, labels what followed, split by time."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from features.definitions import HOUR_MS, MINUTE_MS
+from features.events import EventType, InteractionEvent
+from features.item import replay_item
+from features.ranking import RANKER_FEATURES, ItemMeta, feature_matrix
+from features.user import replay_user
+from tests.factories import NOW_MS, make_event
+from training.dataset import DatasetConfig, build_dataset, time_split
+from training.errors import DatasetError
+from training.sources import EventSource
+
+T = NOW_MS
+CATALOG = {
+    "i-1": ItemMeta("i-1", "news", T - 5 * HOUR_MS, 30_000),
+    "i-2": ItemMeta("i-2", "sport", T - 2 * HOUR_MS, 30_000),
+    "i-3": ItemMeta("i-3", "news", T - HOUR_MS, 30_000),
+}
+
+
+def ev(event_id: str, kind: EventType, at: int, item: str = "i-1", **kw: object) -> InteractionEvent:
+    fields: dict[str, object] = {"watch_ms": None, **kw}
+    return make_event(event_id=event_id, event_type=kind, event_time_ms=at, item_id=item, **fields)
+
+
+def history() -> list[InteractionEvent]:
+    """Two hours of the user's past, another user's traffic on the items, then one ranked request at T."""
+    return [
+        ev("h1", EventType.IMPRESSION, T - 2 * HOUR_MS, "i-1", request_id="old", position=0),
+        ev("h2", EventType.CLICK, T - 2 * HOUR_MS + 900, "i-1", request_id="old"),
+        ev("h3", EventType.COMPLETE, T - 2 * HOUR_MS + 31_000, "i-1", request_id="old", watch_ms=30_000),
+        ev("h4", EventType.IMPRESSION, T - 10 * MINUTE_MS, "i-3", user_id="u-2", request_id="x", position=0),
+        ev("h5", EventType.CLICK, T - 10 * MINUTE_MS + 700, "i-3", user_id="u-2", request_id="x"),
+        ev("h6", EventType.VIEW, T - 30 * MINUTE_MS, "i-2", watch_ms=4_000, request_id=None),
+        # The request being labelled: three items shown at T, T+5, T+10.
+        ev("r1", EventType.IMPRESSION, T, "i-1", request_id="req", position=0),
+        ev("r2", EventType.IMPRESSION, T + 5, "i-2", request_id="req", position=1),
+        ev("r3", EventType.IMPRESSION, T + 10, "i-3", request_id="req", position=2),
+        ev("o1", EventType.CLICK, T + 1_500, "i-2", request_id="req"),
+        ev("o2", EventType.VIEW, T + 21_500, "i-2", request_id="req", watch_ms=20_000),  # >= half of 30 s
+        ev("o3", EventType.CLICK, T + 2_000, "i-3", request_id="req"),
+        ev("o4", EventType.VIEW, T + 5_000, "i-3", request_id="req", watch_ms=3_000),  # too short to engage
+        ev("o5", EventType.LIKE, T + 6 * MINUTE_MS, "i-1", request_id="req"),  # outside the 5 min window
+    ]
+
+
+def rows_of(events: list[InteractionEvent], request_time: int = T) -> tuple[np.ndarray, np.ndarray]:
+    ds = build_dataset(events, CATALOG)
+    mask = (ds.request_time_ms == request_time) & (ds.user_id == "u-1")
+    return ds.features[mask], ds.stale_features[mask]  # type: ignore[index]
+
+
+def test_labels_come_from_what_followed_within_the_window() -> None:
+    ds = build_dataset(history(), CATALOG)
+    at_t = ds.request_time_ms == T
+    assert ds.item_id[at_t].tolist() == ["i-1", "i-2", "i-3"]
+    assert ds.position[at_t].tolist() == [0, 1, 2]
+    assert ds.clicked[at_t].tolist() == [False, True, True]
+    assert ds.engaged[at_t].tolist() == [False, True, False]
+    assert len(np.unique(ds.slate[at_t])) == 1
+    # The earlier request: click + complete two hours before.
+    old = ds.request_time_ms == T - 2 * HOUR_MS
+    assert ds.clicked[old].tolist() == [True] and ds.engaged[old].tolist() == [True]
+
+
+def test_features_equal_a_from_scratch_replay_of_everything_before_the_request() -> None:
+    events = history()
+    live, stale = rows_of(events)
+    before = [e for e in events if e.event_time_ms < T]
+    user = replay_user([e for e in before if e.user_id == "u-1"], {k: m.category for k, m in CATALOG.items()}, T)  # type: ignore[misc]
+    items = [
+        replay_item([e for e in before if e.item_id == item], T) if any(e.item_id == item for e in before) else None
+        for item in ("i-1", "i-2", "i-3")
+    ]
+    metas = [CATALOG["i-1"], CATALOG["i-2"], CATALOG["i-3"]]
+    np.testing.assert_array_equal(live, feature_matrix(user, items, metas, T))
+    # Stale: the user as of one hour earlier (only the 2 h old events), items still live.
+    then = T - HOUR_MS
+    old_user = replay_user([e for e in before if e.user_id == "u-1" and e.event_time_ms < then], {"i-1": "news"}, then)
+    np.testing.assert_array_equal(stale, feature_matrix(old_user, items, metas, T))
+    assert not np.array_equal(live, stale)
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        ev("f1", EventType.LIKE, T + 1, "i-1", request_id="req"),  # the user, 1 ms after the request
+        ev("f2", EventType.CLICK, T + 3, "i-2", user_id="u-3"),  # someone else, on a shown item
+        ev("f3", EventType.SHARE, T + HOUR_MS, "i-3"),  # far future
+        ev("f4", EventType.IMPRESSION, T, "i-2", user_id="u-4", request_id="z", position=0),  # same millisecond
+    ],
+    ids=["user-after", "item-after", "far-future", "same-ms-other-request"],
+)
+def test_a_planted_future_event_changes_no_feature_of_an_earlier_impression(planted: InteractionEvent) -> None:
+    baseline, baseline_stale = rows_of(history())
+    live, stale = rows_of([*history(), planted])
+    np.testing.assert_array_equal(live, baseline)
+    np.testing.assert_array_equal(stale, baseline_stale)
+
+
+def test_late_and_duplicate_events_are_left_out_as_the_stream_job_does() -> None:
+    events = history()
+    duplicate = dataclasses.replace(events[5], event_time_ms=events[5].event_time_ms)  # same event id again
+    late = ev("late", EventType.CLICK, T - 90 * MINUTE_MS, "i-2")  # logged after the request, > 5 min late
+    baseline, _ = rows_of(events)
+    with_noise, _ = rows_of([*events[:9], duplicate, late, *events[9:]])
+    np.testing.assert_array_equal(with_noise, baseline)
+
+
+def test_no_admitted_impression_is_an_error() -> None:
+    with pytest.raises(DatasetError, match="no admitted impressions"):
+        build_dataset([ev("c", EventType.CLICK, T)], CATALOG)
+
+
+def test_time_split_keeps_periods_apart_and_in_order(small_world: EventSource) -> None:
+    config = DatasetConfig(attribution_window_ms=MINUTE_MS, stale_offset_ms=None)
+    ds = build_dataset(small_world.events, small_world.catalog, config)
+    assert ds.stale_features is None and ds.features.shape[1] == len(RANKER_FEATURES)
+    split = time_split(ds, 0.2, 0.2, gap_ms=MINUTE_MS)
+    train, valid, test = split.masks(ds.request_time_ms)
+    assert train.any() and valid.any() and test.any()
+    assert not (train & valid).any() and not (valid & test).any() and not (train & test).any()
+    t = ds.request_time_ms
+    # Every training label is decided before the validation period starts, and so on.
+    assert t[train].max() + MINUTE_MS < t[valid].min()
+    assert t[valid].max() + MINUTE_MS < t[test].min()
+    # Slates are never cut by the split.
+    for mask in (train, valid, test):
+        assert set(np.unique(ds.slate[mask])).isdisjoint(np.unique(ds.slate[~mask]))
+    # Roughly 60/20/20 of the slates.
+    assert 0.5 < len(np.unique(ds.slate[train])) / len(np.unique(ds.slate)) < 0.65

@@ -1,0 +1,27 @@
+"""One error root for training/: everything a user can fix is a TrainingError with a message that says how."""
+
+from __future__ import annotations
+
+
+class TrainingError(Exception):
+    """Root of every error training/ raises on purpose."""
+
+
+class RegistryError(TrainingError):
+    """The model registry directory or a model in it is unusable."""
+
+
+class FeatureMismatchError(RegistryError):
+    """A model's feature list is not the ranker's input layout (features.ranking.RANKER_FEATURES)."""
+
+
+class ParityError(TrainingError):
+    """The exported ONNX model does not reproduce LightGBM's predictions closely enough."""
+
+
+class DatasetError(TrainingError):
+    """The event log cannot be turned into a usable dataset (empty, no labels, split impossible)."""
+
+
+class SourceError(TrainingError):
+    """An event log, catalog or external dataset cannot be read or fetched."""
