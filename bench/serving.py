@@ -39,12 +39,13 @@ from cli.stack import StackSettings, free_port, redis_component, running, scrape
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
 from features.candidates import encode_candidates, popular_global_key, user_key
 from features.definitions import ITEM_FEATURE_NAMES, USER_FEATURE_NAMES
-from features.events import EventType, InteractionEvent
+from features.events import InteractionEvent
 from features.item import replay_item
 from features.ranking import RANKER_FEATURES, ItemMeta, feature_matrix
 from features.user import replay_user
 from sdk.publisher import wall_clock_ms
 from streaming.online_store import FeatureRow, OnlineStoreSink
+from training.registry import load as load_registered
 from training.synthetic import CatalogItem, SyntheticWorld, WorldConfig, write_catalog
 
 Log = Callable[[str], None]
@@ -120,57 +121,32 @@ def write_candidate_lists(redis_address: str, world: SeededWorld, n_candidates: 
     client.close()
 
 
-def train_model(registry: Path, world: SeededWorld, name: str = "ranker", version: int = 1, trees: int = 200) -> Path:
-    """A LightGBM engagement model on the world's impressions (features as of the end), exported to ONNX."""
-    import lightgbm as lgb
-    import onnxmltools
-    from onnxmltools.convert.common.data_types import FloatTensorType
+def train_model(registry: Path, users: int = 1000, items: int = 500, seconds: float = 10_800.0, seed: int = 0) -> Path:
+    """The project's ranker (`freshrank train` defaults: 3 h of a synthetic world), registered; returns its dir."""
+    from training.evaluate import run_experiment
+    from training.ranker import INPUT_NAME, OBJECTIVE, OUTPUT_INDEX, OUTPUT_NAME
+    from training.registry import ModelSpec, TrainingWindow, register
+    from training.sources import synthetic_source
 
-    categories = {item.item_id: item.category for item in world.catalog}
-    metas = {
-        item.item_id: ItemMeta(item.item_id, item.category, item.created_ms, item.duration_ms) for item in world.catalog
-    }
-    now = max(e.event_time_ms for e in world.events)
-    by_user: dict[str, list[InteractionEvent]] = defaultdict(list)
-    by_item: dict[str, list[InteractionEvent]] = defaultdict(list)
-    for event in world.events:
-        by_user[event.user_id].append(event)
-        by_item[event.item_id].append(event)
-    item_rows = {item: replay_item(evs, now) for item, evs in by_item.items()}
-    engaged = {(e.user_id, e.item_id) for e in world.events if e.event_type in (EventType.CLICK, EventType.COMPLETE)}
-    blocks, labels = [], []
-    for user, evs in list(by_user.items())[:800]:
-        user_row = replay_user(evs, categories, now)
-        shown = sorted({e.item_id for e in evs if e.event_type is EventType.IMPRESSION})
-        if not shown:
-            continue
-        blocks.append(feature_matrix(user_row, [item_rows.get(i) for i in shown], [metas.get(i) for i in shown], now))
-        labels += [(user, i) in engaged for i in shown]
-    x = np.vstack(blocks)
-    y = np.array(labels, dtype=np.float64)
-    params = {"objective": "binary", "num_leaves": 31, "learning_rate": 0.05, "num_threads": 1, "verbose": -1}
-    booster = lgb.train(params, lgb.Dataset(x, y, feature_name=list(RANKER_FEATURES)), num_boost_round=trees)
-    model = onnxmltools.convert_lightgbm(
-        booster, initial_types=[("features", FloatTensorType([None, len(RANKER_FEATURES)]))], zipmap=False
+    experiment = run_experiment(synthetic_source(users=users, items=items, seconds=seconds, seed=seed))
+    window = TrainingWindow(int(experiment.train.request_time_ms.min()), experiment.split.valid_end_ms)
+    spec = ModelSpec(
+        feature_names=RANKER_FEATURES,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        output_index=OUTPUT_INDEX,
+        objective=OBJECTIVE,
+        training_window=window,
+        data_hash=experiment.training_data_hash(),
+        metrics={"targets": experiment.report["targets"], "best_iteration": experiment.ranker.best_iteration},
     )
-    version_dir = registry / name / str(version)
-    version_dir.mkdir(parents=True, exist_ok=True)
-    (version_dir / "model.onnx").write_bytes(model.SerializeToString())
-    metadata = {
-        "name": name,
-        "version": version,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "feature_names": list(RANKER_FEATURES),
-        "input_name": "features",
-        "output_name": "probabilities",
-        "output_index": 1,
-        "objective": "binary",
-        "training_window": {"start_ms": min(e.event_time_ms for e in world.events), "end_ms": now},
-        "data_hash": "bench",
-        "metrics": {"trees": trees, "rows": len(y)},
-    }
-    (version_dir / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    return version_dir
+    return register(registry, experiment.onnx, spec).directory
+
+
+def model_metrics(model_dir: Path) -> dict[str, Any]:
+    metadata: dict[str, Any] = json.loads((model_dir / "metadata.json").read_text())
+    places = (metadata.get("extra") or {}, metadata.get("metrics") or {})
+    return {"best_iteration": next((p["best_iteration"] for p in places if "best_iteration" in p), None)}
 
 
 def http_json(url: str, timeout_s: float = 5.0) -> tuple[int, Any]:
@@ -311,6 +287,7 @@ def run(
     path: str = "feed",
     baseline_seconds: float | None = None,
     workers: int = 1,
+    registry: Path | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="freshrank-bench-serving-") as tmp:
         work = Path(tmp)
@@ -324,13 +301,17 @@ def run(
             log("replaying a synthetic world into the Feast online store")
             world = seed_world(redis.address, registry, work, items=max(1500, candidates * 2))
             write_candidate_lists(redis.address, world, candidates)
-            log(f"{len(world.users)} users, {len(world.items)} items; training the ranker")
-            model_dir = train_model(work / "models", world)
+            if registry is None:
+                log(f"{len(world.users)} users, {len(world.items)} items; training the ranker (freshrank train)")
+                registry = work / "models"
+                model_dir = train_model(registry)
+            else:
+                model_dir = load_registered(registry).directory
             port = free_port()
             env = {
                 "FRESHRANK_SERVE_PORT": str(port),
                 "FRESHRANK_SERVE_ONLINE_STORE__ADDRESS": redis.address,
-                "FRESHRANK_SERVE_MODEL_REGISTRY": str(work / "models"),
+                "FRESHRANK_SERVE_MODEL_REGISTRY": str(registry),
                 "FRESHRANK_SERVE_CATALOG_PATH": str(world.catalog_path),
                 "FRESHRANK_SERVE_EVENTS__TYPE": "memory",
                 "FRESHRANK_SERVE_WORKERS": str(workers),
@@ -356,6 +337,7 @@ def run(
         "seconds": seconds,
         "candidates": candidates,
         "workers": workers,
+        "model": {"dir": str(model_dir.name), "metrics": model_metrics(model_dir)},
         "path": "GET /v1/feed/{user_id}?k=20" if path == "feed" else "POST /v1/rank (candidates in the body), k=20",
         "latency_ms": quantiles(load["latencies_ms"]),
         "errors": errors,

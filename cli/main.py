@@ -401,6 +401,9 @@ def bench_serving(
     candidates: Annotated[int, typer.Option(min=1, max=1000, help="Candidates ranked per request.")] = 500,
     path: Annotated[str, typer.Option(help="feed: GET /v1/feed (cached list); rank: POST /v1/rank.")] = "feed",
     workers: Annotated[int, typer.Option(min=1, help="API worker processes.")] = 1,
+    registry: Annotated[
+        Path | None, typer.Option(help="Serve the newest model of this registry instead of training one.")
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
 ) -> None:
     """The feed API at a fixed request rate (separate load process), and Feast get_online_features + ONNX."""
@@ -409,7 +412,13 @@ def bench_serving(
     if path not in ("feed", "rank"):
         raise fail("--path must be feed or rank")
     report = run_bench(
-        rps, seconds, candidates, log=lambda line: console.print(f"[dim]bench:[/] {line}"), path=path, workers=workers
+        rps,
+        seconds,
+        candidates,
+        log=lambda line: console.print(f"[dim]bench:[/] {line}"),
+        path=path,
+        workers=workers,
+        registry=registry,
     )
     text = json.dumps(report, indent=2)
     if json_path is not None:

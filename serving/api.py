@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.deps import ApiKey, Services, ServicesDep
-from serving.errors import EventsUnavailable, InvalidRequest
+from serving.errors import EventsRejected, EventsUnavailable, InvalidRequest
 from serving.events import judge
 from serving.pipeline import RankQuery, RankResult
 from serving.schemas import (
@@ -118,10 +118,11 @@ async def feed(
     dependencies=[ApiKey],
     tags=["events"],
 )
-async def events(body: EventsRequest, services: ServicesDep, response: Response) -> EventsResponse:
+async def events(body: EventsRequest, services: ServicesDep) -> EventsResponse:
     """Accept a batch of interaction events for Kafka; each event is accepted or rejected with a reason.
 
-    202 when at least one event was accepted (or the batch was empty), 422 when every event was rejected.
+    202 when at least one event was accepted (or the batch was empty); 422 `events_rejected` with the same
+    per-event list when every event was rejected.
     """
     limit = services.settings.max_events_per_batch
     if len(body.events) > limit:
@@ -151,7 +152,7 @@ async def events(body: EventsRequest, services: ServicesDep, response: Response)
     metrics.labels("accepted").inc(taken)
     metrics.labels("rejected").inc(len(verdicts))
     if body.events and taken == 0:
-        response.status_code = status.HTTP_422_UNPROCESSABLE_CONTENT
+        raise EventsRejected([v.model_dump() for v in verdicts])
     return EventsResponse(accepted=taken, rejected=verdicts)
 
 

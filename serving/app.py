@@ -138,6 +138,8 @@ def create_app(
         version="1",
         summary="Re-ranks cached candidates with live features and an ONNX ranker; never fails a valid request.",
         lifespan=lifespan,
+        # A trailing slash is a 404 with a JSON reason, not a redirect clients must follow.
+        redirect_slashes=False,
     )
     app.include_router(router)
     app.include_router(admin)

@@ -39,6 +39,20 @@ class InvalidRequest(ServingError):
     code = "invalid_request"
 
 
+class EventsRejected(ServingError):
+    """Every event of a batch broke the contract; `rejected` says which field of which event and why."""
+
+    status_code = 422
+    code = "events_rejected"
+
+    def __init__(self, rejected: list[dict[str, Any]]) -> None:
+        super().__init__(f"all {len(rejected)} events were rejected; `rejected` gives each one's field and reason")
+        self.rejected = rejected
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "accepted": 0, "rejected": self.rejected}
+
+
 class MalformedBody(ServingError):
     """The body is not JSON at all."""
 

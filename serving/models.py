@@ -15,7 +15,6 @@ background watcher and from the admin endpoint, in a worker thread.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -28,12 +27,10 @@ import onnxruntime as ort
 
 from features.ranking import RANKER_FEATURES
 from serving.errors import ModelRejected
+from training.errors import RegistryError
+from training.registry import METADATA_FILE, MODEL_FILE, check_features, list_versions, read_metadata
 
 log = logging.getLogger("freshrank.serving.models")
-
-MODEL_FILE = "model.onnx"
-METADATA_FILE = "metadata.json"
-REQUIRED_METADATA = ("name", "version", "feature_names", "input_name", "output_name", "output_index")
 
 
 @dataclass(frozen=True)
@@ -79,46 +76,26 @@ def session_options() -> ort.SessionOptions:
     return options
 
 
-def read_metadata(version_dir: Path) -> dict[str, Any]:
-    try:
-        metadata = json.loads((version_dir / METADATA_FILE).read_text())
-    except (OSError, ValueError) as error:
-        raise ModelRejected(f"{version_dir / METADATA_FILE}: cannot be read as JSON ({error})") from None
-    if not isinstance(metadata, dict):
-        raise ModelRejected(f"{version_dir / METADATA_FILE}: must be a JSON object")
-    missing = [key for key in REQUIRED_METADATA if key not in metadata]
-    if missing:
-        raise ModelRejected(f"{version_dir / METADATA_FILE}: missing keys {', '.join(missing)}")
-    return metadata
-
-
 def load_model(version_dir: Path, expected_features: tuple[str, ...] = RANKER_FEATURES) -> LoadedModel:
     """Load and validate one version directory; ModelRejected says why it must not serve."""
-    metadata = read_metadata(version_dir)
-    features = metadata["feature_names"]
-    if not isinstance(features, list) or tuple(features) != expected_features:
-        got = features if not isinstance(features, list) else f"{len(features)} names"
-        extra = sorted(set(features) - set(expected_features)) if isinstance(features, list) else []
-        absent = sorted(set(expected_features) - set(features)) if isinstance(features, list) else []
-        raise ModelRejected(
-            f"{version_dir}: feature_names do not match the serving layout RANKER_FEATURES "
-            f"({len(expected_features)} names; model has {got}; unknown {extra[:5]}, missing {absent[:5]}, "
-            "or the order differs)"
-        )
     try:
-        version = int(metadata["version"])
-        output_index = int(metadata["output_index"])
-    except (TypeError, ValueError):
-        raise ModelRejected(f"{version_dir}: version and output_index must be integers") from None
-    if str(version) != version_dir.name:
-        raise ModelRejected(f"{version_dir}: metadata version {version} does not match the directory name")
+        # The registry's own reader and feature check: one definition of a valid version.
+        metadata = read_metadata(version_dir)
+        check_features(metadata.spec.feature_names, expected_features)
+    except RegistryError as error:
+        raise ModelRejected(f"{version_dir}: {error}") from None
+    version, spec = metadata.version, metadata.spec
+    if str(version) != version_dir.name or metadata.name != version_dir.parent.name:
+        raise ModelRejected(
+            f"{version_dir}: metadata says {metadata.name!r} version {version}, the directory says otherwise"
+        )
     try:
         session = ort.InferenceSession(
             str(version_dir / MODEL_FILE), sess_options=session_options(), providers=["CPUExecutionProvider"]
         )
     except Exception as error:  # onnxruntime raises its own exception types for unreadable graphs
         raise ModelRejected(f"{version_dir / MODEL_FILE}: not a loadable ONNX model ({error})") from None
-    input_name, output_name = str(metadata["input_name"]), str(metadata["output_name"])
+    input_name, output_name = spec.input_name, spec.output_name
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
     if input_name not in inputs or len(inputs) != 1:
@@ -126,13 +103,13 @@ def load_model(version_dir: Path, expected_features: tuple[str, ...] = RANKER_FE
     if output_name not in outputs:
         raise ModelRejected(f"{version_dir}: the graph has no output {output_name!r} (it has {sorted(outputs)})")
     model = LoadedModel(
-        name=str(metadata["name"]),
+        name=metadata.name,
         version=version,
-        metadata=metadata,
+        metadata=metadata.to_json(),
         session=session,
         input_name=input_name,
         output_name=output_name,
-        output_index=output_index,
+        output_index=spec.output_index,
     )
     probe = probe_batch(len(expected_features))
     try:
@@ -142,7 +119,7 @@ def load_model(version_dir: Path, expected_features: tuple[str, ...] = RANKER_FE
     if scores.shape != (len(probe),) or not np.all(np.isfinite(scores)):
         raise ModelRejected(f"{version_dir}: the probe batch scored non-finite values or the wrong shape")
     if scores.min() < 0 or scores.max() > 1:
-        raise ModelRejected(f"{version_dir}: output column {output_index} is not a probability (outside 0..1)")
+        raise ModelRejected(f"{version_dir}: output column {spec.output_index} is not a probability (outside 0..1)")
     return model
 
 
@@ -186,10 +163,10 @@ class ModelRegistry:
 
     def versions_on_disk(self) -> dict[int, Path]:
         try:
-            entries = list(self.directory.iterdir())
+            versions = list_versions(self.root, self.name)
         except OSError:
             return {}
-        return {int(p.name): p for p in entries if p.is_dir() and p.name.isdigit()}
+        return {version: self.directory / str(version) for version in versions}
 
     @staticmethod
     def _stamp(version_dir: Path) -> tuple[int, ...] | None:

@@ -22,6 +22,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from features.ranking import RANKER_FEATURES
+from training.registry import ModelMetadata, ModelSpec, TrainingWindow
 
 if TYPE_CHECKING:
     import httpx  # a dev dependency: only AppClient needs it
@@ -65,20 +66,19 @@ def linear_scores(matrix: npt.NDArray[np.float32], weights: Sequence[float], bia
 
 
 def write_metadata(version_dir: Path, name: str, version: int, feature_names: Sequence[str] = RANKER_FEATURES) -> None:
-    metadata = {
-        "name": name,
-        "version": version,
-        "created_at": datetime.now(UTC).isoformat(),
-        "feature_names": list(feature_names),
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
-        "output_index": 1,
-        "objective": "engagement",
-        "training_window": None,
-        "data_hash": "test",
-        "metrics": {},
-    }
-    (version_dir / "metadata.json").write_text(json.dumps(metadata))
+    """metadata.json as the registry writes it (training.registry.ModelMetadata)."""
+    spec = ModelSpec(
+        feature_names=tuple(feature_names),
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        output_index=1,
+        objective="binary",
+        training_window=TrainingWindow(0, 1),
+        data_hash="test",
+        metrics={},
+    )
+    metadata = ModelMetadata(name, version, datetime.now(UTC).isoformat(timespec="seconds"), spec)
+    (version_dir / "metadata.json").write_text(json.dumps(metadata.to_json()))
 
 
 def write_linear_model(

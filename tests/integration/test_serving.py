@@ -14,10 +14,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bench.serving import SeededWorld, http_json, seed_world, start_api, stop_api, train_model
 from cli.stack import Component, free_port, start_process, stop_process, wait_healthy
@@ -49,9 +52,10 @@ def world(redis_server: Component, feast_registry: Path, tmp_path_factory: pytes
 
 
 @pytest.fixture(scope="module")
-def model_registry(world: SeededWorld, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     registry = tmp_path_factory.mktemp("models")
-    train_model(registry, world, trees=60)
+    # The project's trainer on a small world: half an hour of events is enough for a real model.
+    train_model(registry, users=300, items=150, seconds=1800)
     return registry
 
 
@@ -246,3 +250,87 @@ def test_freshrank_serve_runs_as_a_process(
         assert status == 200 and "/v1/rank" in spec["paths"]
     finally:
         stop_api(api)
+
+
+# --- malformed requests: 4xx with a reason, never 5xx (property-based) --------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=12,
+)
+TEXT_OR_JUNK = st.text(max_size=140) | st.integers() | st.none() | st.lists(st.text(max_size=3), max_size=3)
+RANK_BODIES = JSON | st.fixed_dictionaries(
+    {"user_id": TEXT_OR_JUNK},
+    optional={
+        "candidates": st.lists(st.text(max_size=140) | st.integers(), max_size=20) | TEXT_OR_JUNK,
+        "k": st.integers(-3, 1000) | st.floats(allow_nan=False, allow_infinity=False) | TEXT_OR_JUNK,
+        "context": st.dictionaries(st.sampled_from(["country", "device", "lang"]), TEXT_OR_JUNK) | TEXT_OR_JUNK,
+        "extra": JSON,
+    },
+)
+EVENT = st.fixed_dictionaries(
+    {},
+    optional={
+        "event_id": TEXT_OR_JUNK,
+        "user_id": TEXT_OR_JUNK,
+        "item_id": TEXT_OR_JUNK,
+        "event_type": st.sampled_from(["click", "view", "purchase", ""]) | TEXT_OR_JUNK,
+        "event_time": st.integers(-(2**63), 2**63)
+        | st.text(max_size=30)
+        | st.floats(allow_nan=False, allow_infinity=False),
+        "watch_ms": st.integers() | TEXT_OR_JUNK,
+        "position": st.integers() | TEXT_OR_JUNK,
+        "country": st.text(max_size=3) | TEXT_OR_JUNK,
+    },
+)
+EVENT_BODIES = JSON | st.fixed_dictionaries({"events": st.lists(EVENT | JSON, max_size=8) | JSON})
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+
+
+def assert_answer_or_reason(response: Any, ok: int) -> None:
+    assert response.status_code < 500, response.text
+    body = response.json()
+    if response.status_code == ok:
+        return
+    assert response.status_code in (400, 404, 413, 422), response.text
+    assert body["error"] and body["message"], body
+
+
+@FUZZ
+@given(body=RANK_BODIES)
+def test_fuzzed_rank_requests_are_answered_or_refused_with_a_reason(api: AppClient, body: Any) -> None:
+    response = api.post("/v1/rank", json=body)
+    assert_answer_or_reason(response, 200)
+    if response.status_code == 200:
+        answer = response.json()
+        assert len(answer["items"]) <= (body.get("k") or 20)
+        if isinstance(body.get("candidates"), list):
+            assert {i["item_id"] for i in answer["items"]} <= set(body["candidates"])
+
+
+@FUZZ
+@given(raw=st.binary(max_size=300))
+def test_fuzzed_raw_bodies_are_refused_with_a_reason(api: AppClient, raw: bytes) -> None:
+    response = api.post("/v1/rank", content=raw, headers={"content-type": "application/json"})
+    assert_answer_or_reason(response, 200)
+
+
+@FUZZ
+@given(user=st.text(min_size=1, max_size=150), k=st.text(max_size=6))
+def test_fuzzed_feed_requests_are_answered_or_refused_with_a_reason(api: AppClient, user: str, k: str) -> None:
+    response = api.get(f"/v1/feed/{quote(user, safe='')}", params={"k": k} if k else None)
+    assert_answer_or_reason(response, 200)
+
+
+@FUZZ
+@given(body=EVENT_BODIES)
+def test_fuzzed_event_batches_get_a_verdict_per_event(api: AppClient, body: Any) -> None:
+    response = api.post("/v1/events", json=body, headers=ADMIN)
+    assert_answer_or_reason(response, 202)
+    if response.status_code == 202 or (response.status_code == 422 and "accepted" in response.json()):
+        verdict = response.json()
+        assert verdict["accepted"] + len(verdict["rejected"]) == len(body["events"])
+        assert all(r["field"] and r["reason"] for r in verdict["rejected"])
