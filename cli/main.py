@@ -346,6 +346,89 @@ def _progress() -> Progress:
     )
 
 
+# --- feed API ------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [env FRESHRANK_SERVE_HOST].")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port [env FRESHRANK_SERVE_PORT].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Server processes [env FRESHRANK_SERVE_WORKERS].")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the feed API: POST /v1/rank, GET /v1/feed/{user_id}, POST /v1/events, /metrics, /docs.
+
+    Settings come from FRESHRANK_SERVE_* variables (see README "Feed API").
+    """
+    import logging
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from serving.settings import ServingSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Options become variables: with several workers each process reads its settings itself.
+    for name, value in (("HOST", host), ("PORT", port), ("WORKERS", workers)):
+        if value is not None:
+            os.environ[f"FRESHRANK_SERVE_{name}"] = str(value)
+    try:
+        settings = ServingSettings()
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors())
+        raise fail(f"invalid feed API settings: {problems}") from None
+    console.print(
+        f"feed API on http://{settings.host}:{settings.port} with {settings.workers} worker(s) (docs at /docs); "
+        f"models from {settings.model_registry / settings.model_name}"
+    )
+    uvicorn.run(
+        "serving.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=log_level,
+        # Keep-alive longer than typical client pools, so connections are not cut mid-burst.
+        timeout_keep_alive=30,
+    )
+
+
+@bench_app.command("serving")
+def bench_serving(
+    rps: Annotated[float, typer.Option(min=1, help="Requests per second (open loop).")] = 200.0,
+    seconds: Annotated[float, typer.Option(min=1, help="How long to send load.")] = 30.0,
+    candidates: Annotated[int, typer.Option(min=1, max=1000, help="Candidates ranked per request.")] = 500,
+    path: Annotated[str, typer.Option(help="feed: GET /v1/feed (cached list); rank: POST /v1/rank.")] = "feed",
+    workers: Annotated[int, typer.Option(min=1, help="API worker processes.")] = 1,
+    registry: Annotated[
+        Path | None, typer.Option(help="Serve the newest model of this registry instead of training one.")
+    ] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """The feed API at a fixed request rate (separate load process), and Feast get_online_features + ONNX."""
+    from bench.serving import run as run_bench
+
+    if path not in ("feed", "rank"):
+        raise fail("--path must be feed or rank")
+    report = run_bench(
+        rps,
+        seconds,
+        candidates,
+        log=lambda line: console.print(f"[dim]bench:[/] {line}"),
+        path=path,
+        workers=workers,
+        registry=registry,
+    )
+    text = json.dumps(report, indent=2)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(text + "\n")
+    print(text)  # noqa: T201 - the CLI's output
+
+
 if __name__ == "__main__":
     app()
 

@@ -47,6 +47,7 @@ class StackSettings(BaseSettings):
     broker_port: int = Field(9092, ge=0, le=65535, description="Kafka port; 0 picks a free one.")
     redis_port: int = Field(6379, ge=0, le=65535, description="Redis port; 0 picks a free one.")
     stream_metrics_port: int = Field(9464, ge=0, le=65535, description="Stream job /metrics port; 0: free.")
+    serve_port: int = Field(8000, ge=0, le=65535, description="Feed API port (FRESHRANK_SERVE_PORT); 0: free.")
     partitions: int = Field(8, gt=0, description="Partitions of the interactions topic.")
 
     @property
@@ -284,6 +285,37 @@ def stream_component(settings: StackSettings, broker: Component, redis: Componen
     )
 
 
+def http_healthy(address: str, path: str = "/healthz", timeout_s: float = 2.0) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{address}{path}", timeout=timeout_s) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def serve_component(settings: StackSettings, broker: Component, redis: Component, port: int) -> Component:
+    """`freshrank serve`, the feed API; healthy once it answers /healthz (models may come later)."""
+    address = f"{settings.host}:{port}"
+    state = settings.state_dir.resolve()
+    return Component(
+        name="serve",
+        address=address,
+        command=[sys.executable, "-m", "cli", "serve"],
+        healthy=lambda: http_healthy(address),
+        env={
+            "FRESHRANK_SERVE_HOST": settings.host,
+            "FRESHRANK_SERVE_PORT": str(port),
+            "FRESHRANK_SERVE_ONLINE_STORE__ADDRESS": redis.address,
+            "FRESHRANK_SERVE_ONLINE_STORE__FEAST_REGISTRY": str(state / "feast" / "registry.db"),
+            "FRESHRANK_SERVE_EVENTS__BOOTSTRAP_SERVERS": broker.address,
+            "FRESHRANK_SERVE_MODEL_REGISTRY": str(state / "models"),
+            "FRESHRANK_SERVE_CATALOG_PATH": str(state / "catalog.parquet"),
+        },
+    )
+
+
 def _die_with_parent() -> None:
     """Child-side hook: get SIGTERM when the supervisor dies, so no orphan outlives it (Linux)."""
     with contextlib.suppress(Exception):
@@ -470,9 +502,11 @@ def local_components(settings: StackSettings) -> list[Component]:
     broker_port = claim_port(settings.host, settings.broker_port, "broker", "--broker-port")
     redis_port = claim_port(settings.host, settings.redis_port, "Redis server", "--redis-port")
     metrics_port = claim_port(settings.host, settings.stream_metrics_port, "stream job metrics", "--stream-port")
+    serve_port = claim_port(settings.host, settings.serve_port, "feed API", "the variable FRESHRANK_SERVE_PORT set to")
     broker = broker_component(settings, broker_port)
     redis = redis_component(settings, redis_port)
-    return [broker, redis, stream_component(settings, broker, redis, metrics_port)]
+    stream = stream_component(settings, broker, redis, metrics_port)
+    return [broker, redis, stream, serve_component(settings, broker, redis, serve_port)]
 
 
 def component_health(name: str, address: str) -> bool:
@@ -483,4 +517,6 @@ def component_health(name: str, address: str) -> bool:
         return redis_healthy(host, int(port))
     if name == "stream":
         return metrics_healthy(address)
+    if name == "serve":
+        return http_healthy(address)
     return False

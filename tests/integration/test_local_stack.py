@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
+import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from cli.stack import pid_alive
@@ -35,8 +37,9 @@ def count_records(bootstrap: str, topic: str, partitions: int, quiet_s: float = 
     return count
 
 
-def test_up_status_generate_down_round_trip(tmp_path: Path) -> None:
+def test_up_status_generate_down_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     state_dir = str(tmp_path / "state")
+    monkeypatch.setenv("FRESHRANK_SERVE_PORT", "0")
     up = freshrank(
         "up", "--detach", "--state-dir", state_dir, "--broker-port", "0", "--redis-port", "0", "--stream-port", "0"
     )
@@ -46,7 +49,7 @@ def test_up_status_generate_down_round_trip(tmp_path: Path) -> None:
         assert status.returncode == 0, status.stdout + status.stderr
         report = json.loads(status.stdout)
         assert report["healthy"] is True
-        assert set(report["components"]) == {"broker", "redis", "stream"}
+        assert set(report["components"]) == {"broker", "redis", "stream", "serve"}
         assert all(c["healthy"] for c in report["components"].values())
         bootstrap = report["components"]["broker"]["address"]
 
@@ -69,6 +72,12 @@ def test_up_status_generate_down_round_trip(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, stream
             time.sleep(2)
+
+        # The feed API of the same stack answers; no model is trained yet, so the answer says so.
+        api = report["components"]["serve"]["address"]
+        with urllib.request.urlopen(f"http://{api}/v1/feed/u-1?k=5", timeout=10) as response:
+            feed = json.loads(response.read())
+        assert response.status == 200 and "model:missing" in feed["degraded"]
     finally:
         down = freshrank("down", "--state-dir", state_dir)
     assert down.returncode == 0, down.stdout + down.stderr

@@ -1,0 +1,356 @@
+"""`freshrank bench serving`: the feed API under open-loop load, against the path a Feast user would write.
+
+It starts its own Redis, runs `feast apply`, fills the Feast online store with the
+features of a synthetic world (replayed with `features/`, written through Feast),
+writes the catalog, a candidate list of N items per user, and a LightGBM ranker
+exported to ONNX, then starts `freshrank serve` as its own process.
+
+- `freshrank`: a separate load-generator process (`bench.loadgen`) sends
+  GET /v1/feed/{user} (or POST /v1/rank with the N candidates in the body) at a
+  fixed rate; latency counts from each request's due time, so queueing shows.
+- `baseline`: what a Feast user would write otherwise, in this process, one request
+  at a time: `get_online_features` for the user and for the N candidate items,
+  `feature_matrix`, the same ONNX model (one intra-op thread), sort. It is
+  reported closed loop (it cannot sustain the API's rate: its achieved_rps is
+  its ceiling).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.freshness import quantiles
+from cli.stack import StackSettings, free_port, redis_component, running, scrape
+from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
+from features.candidates import encode_candidates, popular_global_key, user_key
+from features.definitions import ITEM_FEATURE_NAMES, USER_FEATURE_NAMES
+from features.events import InteractionEvent
+from features.item import replay_item
+from features.ranking import RANKER_FEATURES, ItemMeta, feature_matrix
+from features.user import replay_user
+from sdk.publisher import wall_clock_ms
+from streaming.online_store import FeatureRow, OnlineStoreSink
+from training.registry import load as load_registered
+from training.synthetic import CatalogItem, SyntheticWorld, WorldConfig, write_catalog
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SeededWorld:
+    users: list[str]
+    items: list[str]
+    catalog: list[CatalogItem]
+    catalog_path: Path
+    events: list[InteractionEvent]
+
+
+def seed_world(
+    redis_address: str,
+    feast_registry: Path,
+    state_dir: Path,
+    users: int = 2000,
+    items: int = 1500,
+    seconds: float = 60.0,
+    seed: int = 0,
+) -> SeededWorld:
+    """Replay a synthetic world with `features/` and write every user's and item's row through Feast."""
+    now = wall_clock_ms()
+    world = SyntheticWorld(
+        WorldConfig(
+            users=users,
+            items=items,
+            seed=seed,
+            rate=1000,
+            seconds=seconds,
+            start_ms=now - int(seconds * 1000) - 1000,
+            record_ground_truth=False,
+        )
+    )
+    events = list(world.events())
+    catalog = world.catalog()
+    categories = {item.item_id: item.category for item in catalog}
+    by_user: dict[str, list[InteractionEvent]] = defaultdict(list)
+    by_item: dict[str, list[InteractionEvent]] = defaultdict(list)
+    for event in events:
+        by_user[event.user_id].append(event)
+        by_item[event.item_id].append(event)
+    rows = [
+        FeatureRow(USER_VIEW, user, dict(replay_user(evs, categories, now)), now, now * 1000, None)
+        for user, evs in by_user.items()
+    ] + [
+        FeatureRow(ITEM_VIEW, item, dict(replay_item(evs, now)), now, now * 1000, None) for item, evs in by_item.items()
+    ]
+    sink = OnlineStoreSink(redis_address, feast_registry)
+    sink.open()
+    for start in range(0, len(rows), 500):
+        sink.write(rows[start : start + 500])
+    sink.close()
+    catalog_path = state_dir / "catalog.parquet"
+    write_catalog(catalog, catalog_path)
+    return SeededWorld(sorted(by_user), [item.item_id for item in catalog], catalog, catalog_path, events)
+
+
+def write_candidate_lists(redis_address: str, world: SeededWorld, n_candidates: int, seed: int = 0) -> None:
+    """Every user gets n random catalog items as their cached list; the global popular list too."""
+    import redis
+
+    host, _, port = redis_address.rpartition(":")
+    client = redis.Redis(host=host, port=int(port))
+    rng = random.Random(seed)
+    pipe = client.pipeline(transaction=False)
+    for user in world.users:
+        pipe.set(user_key(user), encode_candidates(rng.sample(world.items, min(n_candidates, len(world.items)))))
+    pipe.set(popular_global_key(), encode_candidates(world.items[:n_candidates]))
+    pipe.execute()
+    client.close()
+
+
+def train_model(registry: Path, users: int = 1000, items: int = 500, seconds: float = 10_800.0, seed: int = 0) -> Path:
+    """The project's ranker (`freshrank train` defaults: 3 h of a synthetic world), registered; returns its dir."""
+    from training.evaluate import run_experiment
+    from training.ranker import INPUT_NAME, OBJECTIVE, OUTPUT_INDEX, OUTPUT_NAME
+    from training.registry import ModelSpec, TrainingWindow, register
+    from training.sources import synthetic_source
+
+    experiment = run_experiment(synthetic_source(users=users, items=items, seconds=seconds, seed=seed))
+    window = TrainingWindow(int(experiment.train.request_time_ms.min()), experiment.split.valid_end_ms)
+    spec = ModelSpec(
+        feature_names=RANKER_FEATURES,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        output_index=OUTPUT_INDEX,
+        objective=OBJECTIVE,
+        training_window=window,
+        data_hash=experiment.training_data_hash(),
+        metrics={"targets": experiment.report["targets"], "best_iteration": experiment.ranker.best_iteration},
+    )
+    return register(registry, experiment.onnx, spec).directory
+
+
+def model_metrics(model_dir: Path) -> dict[str, Any]:
+    metadata: dict[str, Any] = json.loads((model_dir / "metadata.json").read_text())
+    places = (metadata.get("extra") or {}, metadata.get("metrics") or {})
+    return {"best_iteration": next((p["best_iteration"] for p in places if "best_iteration" in p), None)}
+
+
+def http_json(url: str, timeout_s: float = 5.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+    except OSError:
+        return 0, None
+
+
+def start_api(env: dict[str, str], port: int, log_path: Path, timeout_s: float = 120.0) -> subprocess.Popen[bytes]:
+    """`freshrank serve` in its own process group; returns once /readyz says a model is loaded."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cli", "serve", "--log-level", "warning"],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout_s
+    while http_json(f"http://127.0.0.1:{port}/readyz", 1.0)[0] != 200:
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_api(process)
+            raise RuntimeError(f"the feed API did not become ready; log:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return process
+
+
+def stop_api(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def raw_requests(world: SeededWorld, port: int, path: str, n_candidates: int, count: int = 500) -> list[str]:
+    rng = random.Random(1)
+    host = f"127.0.0.1:{port}"
+    requests = []
+    for _ in range(count):
+        user = rng.choice(world.users)
+        if path == "feed":
+            requests.append(f"GET /v1/feed/{user}?k=20 HTTP/1.1\r\nHost: {host}\r\n\r\n")
+        else:
+            body = json.dumps({"user_id": user, "candidates": rng.sample(world.items, n_candidates), "k": 20})
+            requests.append(
+                f"POST /v1/rank HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}"
+            )
+    return requests
+
+
+def run_load(port: int, rps: float, seconds: float, requests: list[str], work_dir: Path) -> dict[str, Any]:
+    spec_path = work_dir / "loadgen.json"
+    spec_path.write_text(
+        json.dumps({"host": "127.0.0.1", "port": port, "rps": rps, "seconds": seconds, "requests": requests})
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", str(spec_path)],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+        check=True,
+    )
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def run_baseline(
+    redis_address: str, feast_registry: Path, world: SeededWorld, model_dir: Path, n_candidates: int, seconds: float
+) -> dict[str, Any]:
+    """Feast get_online_features for the user and the candidates, feature_matrix, ONNX: one request at a time."""
+    from feature_repo.store import open_store
+    from serving.models import load_model
+
+    store = open_store(redis_address, feast_registry)
+    model = load_model(model_dir)
+    metas = {
+        item.item_id: ItemMeta(item.item_id, item.category, item.created_ms, item.duration_ms) for item in world.catalog
+    }
+    user_refs = [f"{USER_VIEW}:{name}" for name in (*USER_FEATURE_NAMES, AS_OF_FIELD)]
+    item_refs = [f"{ITEM_VIEW}:{name}" for name in (*ITEM_FEATURE_NAMES, AS_OF_FIELD)]
+    rng = random.Random(2)
+    latencies, errors = [], 0
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        user = rng.choice(world.users)
+        candidates = rng.sample(world.items, n_candidates)
+        t0 = time.perf_counter()
+        try:
+            user_dict = store.get_online_features(features=user_refs, entity_rows=[{"user_id": user}]).to_dict()
+            item_dict = store.get_online_features(
+                features=item_refs, entity_rows=[{"item_id": i} for i in candidates]
+            ).to_dict()
+            user_row = {name: user_dict[name][0] for name in USER_FEATURE_NAMES}
+            item_rows = [{name: item_dict[name][n] for name in ITEM_FEATURE_NAMES} for n in range(len(candidates))]
+            matrix = feature_matrix(user_row, item_rows, [metas.get(i) for i in candidates], wall_clock_ms())
+            scores = model.score(matrix)
+            [candidates[i] for i in np.argsort(-scores)[:20]]
+        except Exception:
+            errors += 1
+            continue
+        latencies.append((time.perf_counter() - t0) * 1000)
+    elapsed = time.monotonic() - started
+    return {
+        "latency_ms": quantiles(latencies),
+        "errors": errors,
+        "achieved_rps": round(len(latencies) / elapsed, 1),
+        "requests": len(latencies),
+        "mode": "closed loop, one request at a time",
+    }
+
+
+def stage_p99s(metrics_address: str) -> dict[str, float]:
+    """Per-stage mean time (ms) from the API's own histograms."""
+    series = scrape(metrics_address) or {}
+    out: dict[str, float] = {}
+    for key, total in series.items():
+        if key.startswith("freshrank_serve_stage_seconds_sum{"):
+            stage = key.split('stage="', 1)[1].split('"', 1)[0]
+            count = series.get(key.replace("_sum{", "_count{"), 0.0)
+            if count:
+                out[stage] = round(1000 * total / count, 3)
+    return out
+
+
+def run(
+    rps: float,
+    seconds: float,
+    candidates: int,
+    log: Log,
+    path: str = "feed",
+    baseline_seconds: float | None = None,
+    workers: int = 1,
+    registry: Path | None = None,
+) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="freshrank-bench-serving-") as tmp:
+        work = Path(tmp)
+        stack = StackSettings(state_dir=work, redis_port=0)
+        with running(redis_component(stack, free_port()), work / "logs") as redis:
+            from feature_repo.store import apply
+
+            registry = work / "feast" / "registry.db"
+            log(f"redis on {redis.address}; feast apply")
+            apply(redis.address, registry)
+            log("replaying a synthetic world into the Feast online store")
+            world = seed_world(redis.address, registry, work, items=max(1500, candidates * 2))
+            write_candidate_lists(redis.address, world, candidates)
+            if registry is None:
+                log(f"{len(world.users)} users, {len(world.items)} items; training the ranker (freshrank train)")
+                registry = work / "models"
+                model_dir = train_model(registry)
+            else:
+                model_dir = load_registered(registry).directory
+            port = free_port()
+            env = {
+                "FRESHRANK_SERVE_PORT": str(port),
+                "FRESHRANK_SERVE_ONLINE_STORE__ADDRESS": redis.address,
+                "FRESHRANK_SERVE_MODEL_REGISTRY": str(registry),
+                "FRESHRANK_SERVE_CATALOG_PATH": str(world.catalog_path),
+                "FRESHRANK_SERVE_EVENTS__TYPE": "memory",
+                "FRESHRANK_SERVE_WORKERS": str(workers),
+            }
+            api = start_api(env, port, work / "logs" / "serve.log")
+            try:
+                requests = raw_requests(world, port, path, candidates)
+                log(f"warm-up, then {rps:.0f} requests/s for {seconds:.0f} s ({path}, {candidates} candidates)")
+                run_load(port, min(rps, 50), 3, requests, work)
+                load = run_load(port, rps, seconds, requests, work)
+                stages = stage_p99s(f"127.0.0.1:{port}")
+                _, sample = http_json(f"http://127.0.0.1:{port}/v1/feed/{world.users[0]}")
+            finally:
+                stop_api(api)
+            log("baseline: Feast get_online_features + the same model")
+            baseline = run_baseline(
+                redis.address, registry, world, model_dir, candidates, baseline_seconds or min(seconds, 20)
+            )
+    errors = sum(load["errors"].values())
+    report: dict[str, Any] = {
+        "benchmark": "serving",
+        "rps": rps,
+        "seconds": seconds,
+        "candidates": candidates,
+        "workers": workers,
+        "model": {"dir": str(model_dir.name), "metrics": model_metrics(model_dir)},
+        "path": "GET /v1/feed/{user_id}?k=20" if path == "feed" else "POST /v1/rank (candidates in the body), k=20",
+        "latency_ms": quantiles(load["latencies_ms"]),
+        "errors": errors,
+        "error_kinds": load["errors"],
+        "sent": load["sent"],
+        "achieved_rps": round(load["achieved_rps"], 1),
+        "stage_mean_ms": stages,
+        "degraded_sample": sample.get("degraded") if isinstance(sample, dict) else None,
+        "baseline": baseline,
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
+    }
+    if report["latency_ms"]["p99"] and baseline["latency_ms"]["p99"]:
+        report["baseline_p99_over_freshrank_p99"] = round(
+            baseline["latency_ms"]["p99"] / report["latency_ms"]["p99"], 1
+        )
+    return report

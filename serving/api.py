@@ -1,0 +1,266 @@
+"""Routes of the feed API. Thin: parse, check limits, call a service, shape the response."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serving.deps import ApiKey, Services, ServicesDep
+from serving.errors import EventsRejected, EventsUnavailable, InvalidRequest
+from serving.events import judge
+from serving.pipeline import RankQuery, RankResult
+from serving.schemas import (
+    ErrorResponse,
+    EventRejection,
+    EventsRequest,
+    EventsResponse,
+    ExperimentStatus,
+    ModelRef,
+    ModelStatus,
+    RankedItemOut,
+    RankRequest,
+    RankResponse,
+    ReadyStatus,
+)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body is not JSON."},
+    413: {"model": ErrorResponse, "description": "The body is larger than the limit."},
+    422: {"model": ErrorResponse, "description": "The request breaks the schema or a limit; details name the field."},
+}
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or unknown API key."}
+}
+
+router = APIRouter()
+admin = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[ApiKey], responses=AUTH_ERRORS)
+
+
+def _check_k(k: int | None, services: Services) -> int:
+    settings = services.settings
+    if k is None:
+        return settings.default_k
+    if k > settings.max_k:
+        raise InvalidRequest(
+            f"k is {k}; at most {settings.max_k} items can be asked for",
+            [{"field": "k", "reason": f"must be <= {settings.max_k}"}],
+        )
+    return k
+
+
+def _response(result: RankResult) -> RankResponse:
+    model = (
+        ModelRef(name=result.model_name, version=result.model_version)
+        if result.model_name is not None and result.model_version is not None
+        else None
+    )
+    return RankResponse(
+        request_id=result.request_id,
+        user_id=result.user_id,
+        arm=result.arm,
+        model=model,
+        candidate_source=result.candidate_source,
+        items=[
+            RankedItemOut(item_id=i.item_id, score=i.score, position=i.position, explored=i.explored)
+            for i in result.items
+        ],
+        degraded=result.degraded,
+    )
+
+
+@router.post("/v1/rank", response_model=RankResponse, responses=ERRORS, tags=["feed"])
+async def rank(body: RankRequest, services: ServicesDep) -> RankResponse:
+    """Re-rank the given candidates (or the user's cached list) for the user with live features.
+
+    Always answers 200 for a valid request: missing features, model or candidates are
+    named in `degraded` instead of failing the request.
+    """
+    k = _check_k(body.k, services)
+    if body.candidates is not None and len(body.candidates) > services.settings.max_candidates:
+        limit = services.settings.max_candidates
+        raise InvalidRequest(
+            f"{len(body.candidates)} candidates sent; at most {limit} are ranked per request",
+            [{"field": "candidates", "reason": f"must have at most {limit} items"}],
+        )
+    context = body.context
+    query = RankQuery(
+        user_id=body.user_id,
+        k=k,
+        candidates=body.candidates,
+        country=context.country if context else None,
+        device=context.device if context else None,
+    )
+    return _response(await services.ranker.rank(query))
+
+
+@router.get("/v1/feed/{user_id}", response_model=RankResponse, responses=ERRORS, tags=["feed"])
+async def feed(
+    user_id: Annotated[str, Path(min_length=1, max_length=128)],
+    services: ServicesDep,
+    k: Annotated[int | None, Query(ge=1)] = None,
+    country: Annotated[str | None, Query(pattern=r"^[A-Z]{2}$")] = None,
+) -> RankResponse:
+    """The user's feed: their cached candidates (or a fallback list) ranked with live features."""
+    if not user_id.strip():
+        raise InvalidRequest("user_id must not be blank", [{"field": "user_id", "reason": "must not be blank"}])
+    query = RankQuery(user_id=user_id, k=_check_k(k, services), country=country)
+    return _response(await services.ranker.rank(query))
+
+
+@router.post(
+    "/v1/events",
+    response_model=EventsResponse,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**ERRORS, **AUTH_ERRORS, 503: {"model": ErrorResponse, "description": "Producer queue full."}},
+    dependencies=[ApiKey],
+    tags=["events"],
+)
+async def events(body: EventsRequest, services: ServicesDep) -> EventsResponse:
+    """Accept a batch of interaction events for Kafka; each event is accepted or rejected with a reason.
+
+    202 when at least one event was accepted (or the batch was empty); 422 `events_rejected` with the same
+    per-event list when every event was rejected.
+    """
+    limit = services.settings.max_events_per_batch
+    if len(body.events) > limit:
+        raise InvalidRequest(
+            f"{len(body.events)} events sent; at most {limit} per request",
+            [{"field": "events", "reason": f"must have at most {limit} items"}],
+        )
+    accepted, rejected = judge(body.events, services.clock_ms())
+    taken = await services.events.publish(accepted) if accepted else 0
+    if accepted and taken == 0:
+        raise EventsUnavailable("the event queue towards Kafka is full; nothing was accepted, retry", 1.0)
+    verdicts = [EventRejection(index=v.index, event_id=v.event_id, field=v.field, reason=v.reason) for v in rejected]
+    if taken < len(accepted):
+        # Backpressure mid-batch: tell the client exactly which events to resend.
+        index_of = _accepted_indexes(len(body.events), rejected)
+        for offset, event in enumerate(accepted[taken:], start=taken):
+            verdicts.append(
+                EventRejection(
+                    index=index_of[offset],
+                    event_id=event.event_id,
+                    field="event",
+                    reason="not accepted: the event queue towards Kafka is full; resend this event",
+                )
+            )
+        verdicts.sort(key=lambda v: v.index)
+    metrics = services.metrics.events
+    metrics.labels("accepted").inc(taken)
+    metrics.labels("rejected").inc(len(verdicts))
+    if body.events and taken == 0:
+        raise EventsRejected([v.model_dump() for v in verdicts])
+    return EventsResponse(accepted=taken, rejected=verdicts)
+
+
+def _accepted_indexes(total: int, rejected: list[Any]) -> list[int]:
+    """Request positions of the accepted events, in order."""
+    refused = {v.index for v in rejected}
+    return [index for index in range(total) if index not in refused]
+
+
+@router.get("/healthz", tags=["ops"])
+async def healthz() -> dict[str, str]:
+    """The process is up and its event loop answers."""
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyStatus,
+    tags=["ops"],
+    responses={503: {"model": ReadyStatus, "description": "No model is loaded yet."}},
+)
+async def readyz(services: ServicesDep, response: Response) -> ReadyStatus:
+    """Ready once a model is loaded. Redis being down does not make it unready: answers degrade instead."""
+    try:
+        store_ok = await asyncio.wait_for(services.store.ping(), 0.2)
+    except TimeoutError:
+        store_ok = False
+    latest = services.registry.models.latest
+    ready = latest is not None
+    if not ready:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return ReadyStatus(
+        ready=ready,
+        model_version=latest.version if latest else None,
+        online_store=store_ok,
+        item_cache_items=len(services.items.snapshot.index),
+        item_cache_age_s=services.items.refresh_age_s(),
+        catalog_items=len(services.catalog),
+    )
+
+
+@router.get("/metrics", tags=["ops"], response_class=Response)
+async def metrics(services: ServicesDep) -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def model_status(services: Services) -> ModelStatus:
+    registry = services.registry
+    models = registry.models
+    latest = models.latest
+    arms = [
+        {
+            "name": arm.name,
+            "weight": arm.weight,
+            "model_version": arm.model_version,
+            "serving_version": (m.version if (m := models.get(arm.pinned_version) or latest) else None),
+        }
+        for arm in services.experiments.config.arms
+    ]
+    return ModelStatus(
+        name=registry.name,
+        serving_version=latest.version if latest else None,
+        loaded_versions=sorted(models.by_version),
+        refused=dict(registry.refused),
+        arms=arms,
+        metadata=latest.metadata if latest else None,
+    )
+
+
+@admin.get("/models", response_model=ModelStatus)
+async def get_models(services: ServicesDep) -> ModelStatus:
+    """Loaded and refused model versions, and which version each A/B arm serves."""
+    return model_status(services)
+
+
+@admin.post("/reload", response_model=ModelStatus)
+async def reload(services: ServicesDep) -> ModelStatus:
+    """Re-read experiments, catalog and model registry now, then refresh item features and popular lists."""
+    await reload_all(services)
+    await services.items.refresh()
+    try:
+        await services.ranker.popular.refresh(services.store)
+    except Exception:  # the store may be down; the lists keep their previous content
+        pass
+    return model_status(services)
+
+
+async def reload_all(services: Services) -> None:
+    experiments = services.experiments
+    if experiments.reload_if_changed():
+        services.registry.pinned = experiments.config.pinned_versions()
+    await asyncio.to_thread(services.catalog.reload_if_changed)
+    report = await asyncio.to_thread(services.registry.scan)
+    services.metrics.model_loads.labels("loaded").inc(len(report.loaded))
+    services.metrics.model_loads.labels("refused").inc(len(report.refused_now))
+    models = services.registry.models
+    for arm in experiments.config.arms:
+        serving = models.get(arm.pinned_version) or models.latest
+        services.metrics.model_version.labels(arm.name).set(serving.version if serving else -1)
+
+
+@admin.get("/experiments", response_model=ExperimentStatus)
+async def get_experiments(services: ServicesDep) -> ExperimentStatus:
+    """The A/B config in force and the last reload error, if any."""
+    experiments = services.experiments
+    return ExperimentStatus(
+        config=experiments.config.model_dump(mode="json"),
+        path=str(experiments.path) if experiments.path else None,
+        error=experiments.error,
+    )

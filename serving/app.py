@@ -1,0 +1,174 @@
+"""The feed API application: `create_app(settings)` wires the services in the lifespan.
+
+Clients (Redis, Kafka producer) and ONNX sessions are created when the app
+starts, never at import; background tasks keep item features, popular lists,
+the catalog, the experiment config and the model registry fresh, and stop with
+the app. Every error leaves as JSON `{"error", "message", "details"?}` with its
+status code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.api import admin, reload_all, router
+from serving.deps import Services
+from serving.errors import InvalidRequest, MalformedBody, ServingError
+from serving.events import KafkaEventSink, MemoryEventSink, make_event_sink
+from serving.experiments import Experiments
+from serving.items import Catalog, ItemFeatureCache, wall_ms
+from serving.metrics import ServingMetrics
+from serving.middleware import BodyLimitMiddleware, MetricsMiddleware
+from serving.models import ModelRegistry
+from serving.online_store import InMemoryOnlineStore, OnlineStoreError, RedisOnlineReader, make_online_store
+from serving.pipeline import FeedRanker
+from serving.settings import ServingSettings
+
+log = logging.getLogger("freshrank.serving")
+
+# How long startup waits for the first item-feature and popular-list reads before serving anyway.
+STARTUP_READ_TIMEOUT_S = 5.0
+
+
+async def _every(interval_s: float, what: str, step: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background %s failed; retrying in %.1f s", what, interval_s)
+
+
+async def _refresh_popular(services: Services) -> None:
+    try:
+        await services.ranker.popular.refresh(services.store)
+    except OnlineStoreError as error:
+        log.warning("popular lists not refreshed: %s", error)
+
+
+async def build_services(
+    settings: ServingSettings,
+    metrics: ServingMetrics,
+    store: RedisOnlineReader | InMemoryOnlineStore | None,
+    events: KafkaEventSink | MemoryEventSink | None,
+    clock_ms: Callable[[], int],
+) -> Services:
+    store = store or make_online_store(settings.online_store)
+    if isinstance(store, RedisOnlineReader):
+        await store.open()
+    catalog = Catalog(settings.catalog_path)
+    await asyncio.to_thread(catalog.reload_if_changed)
+    experiments = Experiments(settings.experiments_path)
+    registry = ModelRegistry(settings.model_registry, settings.model_name)
+    registry.pinned = experiments.config.pinned_versions()
+    items = ItemFeatureCache(store, catalog, metrics, settings.item_refresh_s, settings.item_cache_max, clock_ms)
+    ranker = FeedRanker(settings, store, items, catalog, registry, experiments, metrics, clock_ms)
+    services = Services(
+        settings=settings,
+        metrics=metrics,
+        store=store,
+        catalog=catalog,
+        items=items,
+        registry=registry,
+        experiments=experiments,
+        ranker=ranker,
+        events=events or make_event_sink(settings.events, metrics),
+        clock_ms=clock_ms,
+    )
+    metrics.item_cache_refresh_age.set_function(lambda: items.refresh_age_s() or -1.0)
+    await reload_all(services)
+    # First reads so the first requests have popular lists and item features; a down Redis
+    # only delays them (the background tasks retry), it does not stop the API starting.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(_refresh_popular(services), STARTUP_READ_TIMEOUT_S)
+    items.popular = ranker.popular.global_list
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(items.refresh(), STARTUP_READ_TIMEOUT_S)
+    return services
+
+
+def create_app(
+    settings: ServingSettings | None = None,
+    *,
+    store: RedisOnlineReader | InMemoryOnlineStore | None = None,
+    events: KafkaEventSink | MemoryEventSink | None = None,
+    clock_ms: Callable[[], int] = wall_ms,
+) -> FastAPI:
+    """The ASGI app. `store`, `events` and `clock_ms` replace the configured backends (tests)."""
+    settings = settings or ServingSettings()
+    # A registry per app, not the global one: tests and benchmarks build several apps per process.
+    metrics = ServingMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await build_services(settings, metrics, store, events, clock_ms)
+        app.state.services = services
+
+        async def refresh_popular() -> None:
+            await _refresh_popular(services)
+            services.items.popular = services.ranker.popular.global_list
+
+        tasks = [
+            asyncio.create_task(services.items.run(), name="item-features"),
+            asyncio.create_task(_every(settings.popular_refresh_s, "popular lists", refresh_popular)),
+            asyncio.create_task(_every(settings.model_poll_s, "registry watch", lambda: reload_all(services))),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await services.store.close()
+            await asyncio.to_thread(services.events.close)
+
+    app = FastAPI(
+        title="freshrank feed API",
+        version="1",
+        summary="Re-ranks cached candidates with live features and an ONNX ranker; never fails a valid request.",
+        lifespan=lifespan,
+        # A trailing slash is a 404 with a JSON reason, not a redirect clients must follow.
+        redirect_slashes=False,
+    )
+    app.include_router(router)
+    app.include_router(admin)
+
+    @app.exception_handler(ServingError)
+    async def serving_error(_request: Request, error: ServingError) -> JSONResponse:
+        return JSONResponse(error.to_json(), status_code=error.status_code, headers=error.headers())
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = error.errors()
+        if any(p.get("type") == "json_invalid" for p in problems):
+            malformed = MalformedBody("the body is not valid JSON")
+            return JSONResponse(malformed.to_json(), status_code=malformed.status_code)
+        details = [
+            {"field": ".".join(str(part) for part in p.get("loc", ())), "reason": str(p.get("msg", ""))}
+            for p in problems
+        ]
+        first = details[0] if details else {"field": "body", "reason": "invalid"}
+        invalid = InvalidRequest(f"{first['field']}: {first['reason']}", details)
+        return JSONResponse(invalid.to_json(), status_code=invalid.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return JSONResponse(
+            {"error": code, "message": str(error.detail)}, status_code=error.status_code, headers=error.headers
+        )
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,69 @@
+"""Typed dependencies of the routes: the services built in the lifespan, and API-key auth.
+
+Dependencies are `async def` on purpose: FastAPI runs plain `def` dependencies in a
+thread pool, a thread hop per request that costs more than the dependency itself.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from serving.errors import Unauthorized
+from serving.events import KafkaEventSink, MemoryEventSink
+from serving.experiments import Experiments
+from serving.items import Catalog, ItemFeatureCache
+from serving.metrics import ServingMetrics
+from serving.models import ModelRegistry
+from serving.online_store import InMemoryOnlineStore, RedisOnlineReader
+from serving.pipeline import FeedRanker
+from serving.settings import ServingSettings
+
+
+@dataclass
+class Services:
+    """Everything a request may use; created once per process in the app's lifespan."""
+
+    settings: ServingSettings
+    metrics: ServingMetrics
+    store: RedisOnlineReader | InMemoryOnlineStore
+    catalog: Catalog
+    items: ItemFeatureCache
+    registry: ModelRegistry
+    experiments: Experiments
+    ranker: FeedRanker
+    events: KafkaEventSink | MemoryEventSink
+    clock_ms: Callable[[], int]
+
+
+async def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def require_api_key(
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
+    x_api_key: Annotated[str | None, Header(description="The API key (alternative to Authorization)")] = None,
+) -> None:
+    """Accept `Authorization: Bearer <key>` or `X-API-Key: <key>` with a key from FRESHRANK_SERVE_API_KEYS."""
+    given = x_api_key
+    if given is None and authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" else None
+    if not given:
+        raise Unauthorized("this endpoint needs an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")
+    # Compare against every key in constant time: no early exit that leaks which prefix matched.
+    matches = [hmac.compare_digest(given.encode(), key.encode()) for key in services.settings.keys()]
+    if not any(matches):
+        raise Unauthorized("the API key is not valid")
+
+
+ApiKey = Depends(require_api_key)

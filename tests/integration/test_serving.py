@@ -1,0 +1,336 @@
+"""The feed API against a real Redis, the Feast online store and a real ONNX ranker.
+
+Features are written the way the stream job writes them (Feast's provider API) and
+read back independently through Feast's SDK to check the API's ranking; Redis is
+stopped and frozen under it; models are corrupted under it; requests are fuzzed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench.serving import SeededWorld, http_json, seed_world, start_api, stop_api, train_model
+from cli.stack import Component, free_port, start_process, stop_process, wait_healthy
+from feature_repo.definitions import ITEM_VIEW, USER_VIEW
+from feature_repo.store import open_store
+from features.candidates import encode_candidates, popular_global_key, user_key
+from features.definitions import ITEM_FEATURE_NAMES, USER_FEATURE_NAMES
+from features.ranking import ItemMeta, feature_matrix
+from sdk.publisher import wall_clock_ms
+from serving.app import create_app
+from serving.settings import MemoryEvents, RedisOnlineStore, ServingSettings
+from serving.testing import AppClient
+
+ADMIN = {"Authorization": "Bearer dev-key"}
+
+
+@pytest.fixture(scope="module")
+def world(redis_server: Component, feast_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> SeededWorld:
+    state = tmp_path_factory.mktemp("serving-world")
+    seeded = seed_world(redis_server.address, feast_registry, state, users=300, items=400, seconds=30, seed=5)
+    import redis
+
+    host, _, port = redis_server.address.rpartition(":")
+    client = redis.Redis(host=host, port=int(port))
+    client.set(user_key(seeded.users[0]), encode_candidates(seeded.items[:120]))
+    client.set(popular_global_key(), encode_candidates(seeded.items[:60]))
+    client.close()
+    return seeded
+
+
+@pytest.fixture(scope="module")
+def model_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    registry = tmp_path_factory.mktemp("models")
+    # The project's trainer on a small world: half an hour of events is enough for a real model.
+    train_model(registry, users=300, items=150, seconds=1800)
+    return registry
+
+
+def settings_for(redis_address: str, registry: Path, world: SeededWorld, **overrides: Any) -> ServingSettings:
+    values: dict[str, Any] = {
+        "online_store": RedisOnlineStore(address=redis_address),
+        "events": MemoryEvents(),
+        "model_registry": registry,
+        "catalog_path": world.catalog_path,
+        "candidates_deadline_ms": 200,
+        "user_features_deadline_ms": 200,
+        **overrides,
+    }
+    return ServingSettings(**values)
+
+
+@pytest.fixture
+def api(redis_server: Component, model_registry: Path, world: SeededWorld) -> Iterator[AppClient]:
+    with AppClient(create_app(settings_for(redis_server.address, model_registry, world))) as client:
+        yield client
+
+
+@pytest.mark.parametrize("user_reads", ["hmget", "feast_sdk"])
+def test_ranked_order_equals_scores_computed_independently_from_feast(
+    redis_server: Component, feast_registry: Path, model_registry: Path, world: SeededWorld, user_reads: str
+) -> None:
+    now = wall_clock_ms()
+    settings = settings_for(
+        redis_server.address,
+        model_registry,
+        world,
+        online_store=RedisOnlineStore(
+            address=redis_server.address, user_reads=user_reads, feast_registry=feast_registry
+        ),
+        exploration_share=0.0,
+        max_run_per_category=10_000,
+        filter_seen=False,
+    )
+    store = open_store(redis_server.address, feast_registry)
+    session = ort.InferenceSession(str(model_registry / "ranker" / "1" / "model.onnx"))
+    metas = {i.item_id: ItemMeta(i.item_id, i.category, i.created_ms, i.duration_ms) for i in world.catalog}
+    rng = np.random.default_rng(3)
+    with AppClient(create_app(settings, clock_ms=lambda: now)) as client:
+        for user in world.users[:5]:
+            candidates = [str(c) for c in rng.choice(world.items, size=80, replace=False)]
+            response = client.post("/v1/rank", json={"user_id": user, "candidates": candidates, "k": 80})
+            assert response.status_code == 200
+            body = response.json()
+            assert body["degraded"] == [] and body["model"]["version"] == 1
+
+            user_row = store.get_online_features(
+                features=[f"{USER_VIEW}:{n}" for n in USER_FEATURE_NAMES], entity_rows=[{"user_id": user}]
+            ).to_dict()
+            item_rows = store.get_online_features(
+                features=[f"{ITEM_VIEW}:{n}" for n in ITEM_FEATURE_NAMES],
+                entity_rows=[{"item_id": c} for c in candidates],
+            ).to_dict()
+            matrix = feature_matrix(
+                {n: user_row[n][0] for n in USER_FEATURE_NAMES},
+                [{n: item_rows[n][k] for n in ITEM_FEATURE_NAMES} for k in range(len(candidates))],
+                [metas.get(c) for c in candidates],
+                now,
+            )
+            expected = dict(zip(candidates, session.run(["probabilities"], {"features": matrix})[0][:, 1], strict=True))
+
+            served = [(i["item_id"], i["score"]) for i in body["items"]]
+            assert sorted(item for item, _ in served) == sorted(candidates)
+            # Same score per item (float32 sums may differ in the last bit between sessions) and
+            # the served order is the order of the independently computed scores.
+            np.testing.assert_allclose([score for _, score in served], [expected[i] for i, _ in served], atol=1e-6)
+            along = np.array([expected[item] for item, _ in served])
+            assert np.all(np.diff(along) <= 1e-6), "served order is not by descending score"
+            assert along[0] == max(expected.values())
+
+
+def test_feed_serves_the_cached_list_with_policies(api: AppClient, world: SeededWorld) -> None:
+    body = api.get(f"/v1/feed/{world.users[0]}?k=20").json()
+    assert body["candidate_source"] == "user" and body["degraded"] == []
+    ids = [i["item_id"] for i in body["items"]]
+    assert len(ids) == 20 and set(ids) <= set(world.items[:120])
+    categories = {i.item_id: i.category for i in world.catalog}
+    runs = [categories[a] == categories[b] == categories[c] for a, b, c in zip(ids, ids[1:], ids[2:], strict=False)]
+    assert not any(runs), "no three consecutive items of one category"
+    assert sum(i["explored"] for i in body["items"]) <= 2
+
+
+def test_redis_stopped_or_frozen_every_answer_is_200_and_degraded(
+    redis_server: Component, model_registry: Path, world: SeededWorld, tmp_path: Path
+) -> None:
+    settings = settings_for(
+        redis_server.address, model_registry, world, candidates_deadline_ms=20, user_features_deadline_ms=20
+    )
+    requests: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("GET", f"/v1/feed/{world.users[0]}?k=10", None),
+        ("GET", "/v1/feed/someone-new?k=10&country=US", None),
+        ("POST", "/v1/rank", {"user_id": world.users[1], "candidates": world.items[:50], "k": 10}),
+        ("POST", "/v1/rank", {"user_id": world.users[2], "k": 5}),
+    ]
+    with AppClient(create_app(settings)) as client:
+        for method, url, body in requests:  # warm: connections open, caches filled
+            assert client.request(method, url, json=body).status_code == 200
+        assert redis_server.process is not None
+        try:
+            # Frozen: connections hang, so only the deadlines protect the requests.
+            os.kill(redis_server.process.pid, signal.SIGSTOP)
+            for method, url, body in requests * 3:
+                started = time.monotonic()
+                response = client.request(method, url, json=body)
+                assert response.status_code == 200, response.text
+                answer = response.json()
+                assert answer["items"], "popular lists and item features are held in process"
+                assert any(r.endswith((":deadline", ":store_unavailable")) for r in answer["degraded"]), answer
+                assert time.monotonic() - started < 1.0
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+
+            # Stopped: connections are refused.
+            stop_process(redis_server)
+            for method, url, body in requests * 5:
+                response = client.request(method, url, json=body)
+                assert response.status_code == 200, response.text
+                assert response.json()["degraded"]
+            assert client.get("/readyz").json()["online_store"] is False
+        finally:
+            if redis_server.process is not None and redis_server.process.poll() is None:
+                os.kill(redis_server.process.pid, signal.SIGCONT)
+            else:
+                start_process(redis_server, tmp_path / "logs")
+                wait_healthy(redis_server, tmp_path / "logs")
+
+        # Back: once the breaker closes, answers are complete again.
+        deadline = time.monotonic() + 15
+        while client.get(f"/v1/feed/{world.users[0]}?k=10").json()["degraded"]:
+            assert time.monotonic() < deadline, "answers stay degraded after Redis came back"
+            client.wait(0.5)
+        metrics = client.get("/metrics").text
+        assert 'freshrank_serve_requests_total{route="/v1/rank",status="500"}' not in metrics
+
+
+def test_a_corrupt_model_is_refused_and_the_old_model_keeps_serving(
+    redis_server: Component, model_registry: Path, world: SeededWorld, tmp_path: Path
+) -> None:
+    registry = tmp_path / "models"
+    shutil.copytree(model_registry, registry)
+    good = registry / "ranker" / "1"
+    with AppClient(create_app(settings_for(redis_server.address, registry, world, model_poll_s=0.2))) as client:
+        rank = {"user_id": world.users[0], "candidates": world.items[:30], "k": 5}
+        before = client.post("/v1/rank", json=rank).json()
+        assert before["model"]["version"] == 1
+
+        broken = registry / "ranker" / "2"
+        shutil.copytree(good, broken)
+        (broken / "model.onnx").write_bytes((good / "model.onnx").read_bytes()[:1000])  # truncated
+        (broken / "metadata.json").write_text(
+            (good / "metadata.json").read_text().replace('"version": 1', '"version": 2')
+        )
+        client.wait(1.0)  # the watcher sees it and refuses it
+        status = client.get("/v1/admin/models", headers=ADMIN).json()
+        assert status["serving_version"] == 1 and "2" in status["refused"]
+        # Even the serving version's file corrupted in place: the validated session keeps answering.
+        (good / "model.onnx").write_bytes(b"\x00" * 64)
+        client.wait(1.0)
+        after = client.post("/v1/rank", json=rank).json()
+        assert after["model"]["version"] == 1 and after["items"] == before["items"] and after["degraded"] == []
+        metrics = client.get("/metrics").text
+        assert 'freshrank_serve_model_loads_total{outcome="refused"} 2.0' in metrics
+
+        fixed = registry / "ranker" / "3"
+        shutil.copytree(model_registry / "ranker" / "1", fixed)
+        (fixed / "metadata.json").write_text(
+            (fixed / "metadata.json").read_text().replace('"version": 1', '"version": 3')
+        )
+        client.wait(1.0)
+        assert client.post("/v1/rank", json=rank).json()["model"]["version"] == 3
+
+
+def test_freshrank_serve_runs_as_a_process(
+    redis_server: Component, model_registry: Path, world: SeededWorld, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        "FRESHRANK_SERVE_PORT": str(port),
+        "FRESHRANK_SERVE_ONLINE_STORE__ADDRESS": redis_server.address,
+        "FRESHRANK_SERVE_MODEL_REGISTRY": str(model_registry),
+        "FRESHRANK_SERVE_CATALOG_PATH": str(world.catalog_path),
+        "FRESHRANK_SERVE_EVENTS__TYPE": "memory",
+    }
+    api = start_api(env, port, tmp_path / "serve.log")
+    try:
+        status, body = http_json(f"http://127.0.0.1:{port}/v1/feed/{world.users[0]}?k=5")
+        assert status == 200 and len(body["items"]) == 5 and body["degraded"] == []
+        status, spec = http_json(f"http://127.0.0.1:{port}/openapi.json")
+        assert status == 200 and "/v1/rank" in spec["paths"]
+    finally:
+        stop_api(api)
+
+
+# --- malformed requests: 4xx with a reason, never 5xx (property-based) --------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=12,
+)
+TEXT_OR_JUNK = st.text(max_size=140) | st.integers() | st.none() | st.lists(st.text(max_size=3), max_size=3)
+RANK_BODIES = JSON | st.fixed_dictionaries(
+    {"user_id": TEXT_OR_JUNK},
+    optional={
+        "candidates": st.lists(st.text(max_size=140) | st.integers(), max_size=20) | TEXT_OR_JUNK,
+        "k": st.integers(-3, 1000) | st.floats(allow_nan=False, allow_infinity=False) | TEXT_OR_JUNK,
+        "context": st.dictionaries(st.sampled_from(["country", "device", "lang"]), TEXT_OR_JUNK) | TEXT_OR_JUNK,
+        "extra": JSON,
+    },
+)
+EVENT = st.fixed_dictionaries(
+    {},
+    optional={
+        "event_id": TEXT_OR_JUNK,
+        "user_id": TEXT_OR_JUNK,
+        "item_id": TEXT_OR_JUNK,
+        "event_type": st.sampled_from(["click", "view", "purchase", ""]) | TEXT_OR_JUNK,
+        "event_time": st.integers(-(2**63), 2**63)
+        | st.text(max_size=30)
+        | st.floats(allow_nan=False, allow_infinity=False),
+        "watch_ms": st.integers() | TEXT_OR_JUNK,
+        "position": st.integers() | TEXT_OR_JUNK,
+        "country": st.text(max_size=3) | TEXT_OR_JUNK,
+    },
+)
+EVENT_BODIES = JSON | st.fixed_dictionaries({"events": st.lists(EVENT | JSON, max_size=8) | JSON})
+FUZZ = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+
+
+def assert_answer_or_reason(response: Any, ok: int) -> None:
+    assert response.status_code < 500, response.text
+    body = response.json()
+    if response.status_code == ok:
+        return
+    assert response.status_code in (400, 404, 413, 422), response.text
+    assert body["error"] and body["message"], body
+
+
+@FUZZ
+@given(body=RANK_BODIES)
+def test_fuzzed_rank_requests_are_answered_or_refused_with_a_reason(api: AppClient, body: Any) -> None:
+    response = api.post("/v1/rank", json=body)
+    assert_answer_or_reason(response, 200)
+    if response.status_code == 200:
+        answer = response.json()
+        assert len(answer["items"]) <= (body.get("k") or 20)
+        if isinstance(body.get("candidates"), list):
+            assert {i["item_id"] for i in answer["items"]} <= set(body["candidates"])
+
+
+@FUZZ
+@given(raw=st.binary(max_size=300))
+def test_fuzzed_raw_bodies_are_refused_with_a_reason(api: AppClient, raw: bytes) -> None:
+    response = api.post("/v1/rank", content=raw, headers={"content-type": "application/json"})
+    assert_answer_or_reason(response, 200)
+
+
+@FUZZ
+@given(user=st.text(min_size=1, max_size=150), k=st.text(max_size=6))
+def test_fuzzed_feed_requests_are_answered_or_refused_with_a_reason(api: AppClient, user: str, k: str) -> None:
+    response = api.get(f"/v1/feed/{quote(user, safe='')}", params={"k": k} if k else None)
+    assert_answer_or_reason(response, 200)
+
+
+@FUZZ
+@given(body=EVENT_BODIES)
+def test_fuzzed_event_batches_get_a_verdict_per_event(api: AppClient, body: Any) -> None:
+    response = api.post("/v1/events", json=body, headers=ADMIN)
+    assert_answer_or_reason(response, 202)
+    if response.status_code == 202 or (response.status_code == 422 and "accepted" in response.json()):
+        verdict = response.json()
+        assert verdict["accepted"] + len(verdict["rejected"]) == len(body["events"])
+        assert all(r["field"] and r["reason"] for r in verdict["rejected"])

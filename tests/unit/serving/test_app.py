@@ -1,0 +1,251 @@
+"""The feed API on in-memory backends: answers, fallbacks, auth, limits, events, ops endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from features.candidates import user_key
+from features.ranking import RANKER_FEATURES
+from serving.online_store import InMemoryOnlineStore
+from serving.testing import AppClient, write_linear_model
+from tests.factories import NOW_MS
+from tests.unit.serving.conftest import ITEMS
+
+KEY = {"X-API-Key": "dev-key"}
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    return {
+        "event_id": "e-1",
+        "user_id": "u-1",
+        "item_id": "item-1",
+        "event_type": "click",
+        "event_time": NOW_MS - 1000,
+        **overrides,
+    }
+
+
+def test_feed_ranks_the_cached_list_by_score_with_policies(client: AppClient) -> None:
+    body = client.get("/v1/feed/u-1?k=10").json()
+    assert body["candidate_source"] == "user" and body["degraded"] == []
+    assert body["model"] == {"name": "ranker", "version": 1} and body["arm"] == "default"
+    ids = [i["item_id"] for i in body["items"]]
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert "item-39" not in ids  # seen recently
+    assert [i["position"] for i in body["items"]] == list(range(10))
+    exploit = [i["score"] for i in body["items"] if not i["explored"]]
+    assert exploit[0] == max(exploit)
+
+
+def test_rank_orders_given_candidates_by_model_score(client: AppClient) -> None:
+    body = client.post("/v1/rank", json={"user_id": "u-2", "candidates": ITEMS[:6], "k": 3}).json()
+    assert body["candidate_source"] == "request"
+    assert body["degraded"] == ["user_features:absent"]
+    # item-n's smoothed CTR grows with n and the default model weighs it positively.
+    assert [i["item_id"] for i in body["items"]] == ["item-5", "item-4", "item-3"]
+
+
+def test_fallback_hierarchy_when_the_user_has_no_list(client: AppClient) -> None:
+    by_country = client.post("/v1/rank", json={"user_id": "new", "k": 5, "context": {"country": "DE"}}).json()
+    assert by_country["candidate_source"] == "popular_country"
+    assert "candidates:popular_country" in by_country["degraded"]
+    assert {i["item_id"] for i in by_country["items"]} <= set(ITEMS[30:50])
+    global_ = client.get("/v1/feed/new?k=5").json()
+    assert global_["candidate_source"] == "popular_global" and "candidates:popular_global" in global_["degraded"]
+
+
+def test_store_down_every_answer_is_200_and_says_why(client: AppClient, store: InMemoryOnlineStore) -> None:
+    store.down = True
+    for _ in range(5):
+        response = client.get("/v1/feed/u-1?k=5")
+        assert response.status_code == 200
+        body = response.json()
+        assert body["items"], "popular lists held in process still give a feed"
+        assert {"candidates:store_unavailable", "user_features:store_unavailable"} <= set(body["degraded"])
+        assert body["candidate_source"] == "popular_global"
+    store.down = False
+
+
+def test_slow_store_hits_the_deadline_and_degrades(
+    make_client: Callable[..., AppClient], store: InMemoryOnlineStore
+) -> None:
+    client = make_client(candidates_deadline_ms=5, user_features_deadline_ms=5, breaker_failures=100)
+    store.delay_s = 0.05
+    body = client.get("/v1/feed/u-1?k=5").json()
+    store.delay_s = 0.0
+    assert "candidates:deadline" in body["degraded"] and "user_features:deadline" in body["degraded"]
+    metrics = client.get("/metrics").text
+    assert 'freshrank_serve_fallbacks_total{reason="user_features:deadline"} 1.0' in metrics
+
+
+def test_no_model_still_answers_in_ctr_order(make_client: Callable[..., AppClient], tmp_path: Path) -> None:
+    client = make_client(model_registry=tmp_path / "empty")
+    response = client.post("/v1/rank", json={"user_id": "u-1", "candidates": ITEMS[:5], "k": 5})
+    body = response.json()
+    assert response.status_code == 200 and body["model"] is None and "model:missing" in body["degraded"]
+    assert [i["item_id"] for i in body["items"]][:2] == ["item-4", "item-3"]
+    assert client.get("/readyz").status_code == 503
+
+
+def test_ab_arms_use_their_pinned_model_versions(
+    make_client: Callable[..., AppClient], registry_dir: Path, tmp_path: Path
+) -> None:
+    write_linear_model(registry_dir, 2, weights=[0.0] * len(RANKER_FEATURES))
+    config = tmp_path / "exp.yaml"
+    config.write_text("salt: t\narms:\n  - {name: old, weight: 1, model_version: 1}\n  - {name: new, weight: 1}\n")
+    client = make_client(experiments_path=config)
+    versions: dict[str, set[int]] = {"old": set(), "new": set()}
+    for n in range(40):
+        body = client.post("/v1/rank", json={"user_id": f"user-{n}", "candidates": ITEMS[:3]}).json()
+        versions[body["arm"]].add(body["model"]["version"])
+    assert versions == {"old": {1}, "new": {2}}
+    status = client.get("/v1/admin/models", headers=KEY).json()
+    assert status["loaded_versions"] == [1, 2]
+    assert {a["name"]: a["serving_version"] for a in status["arms"]} == {"old": 1, "new": 2}
+
+
+def test_a_new_model_version_is_picked_up_and_a_broken_one_refused(client: AppClient, registry_dir: Path) -> None:
+    broken = write_linear_model(registry_dir, 2)
+    (broken / "model.onnx").write_bytes(b"junk")
+    status = client.post("/v1/admin/reload", headers=KEY).json()
+    assert status["serving_version"] == 1 and "2" in status["refused"]
+    assert client.post("/v1/rank", json={"user_id": "u", "candidates": ["item-1"]}).json()["model"]["version"] == 1
+    write_linear_model(registry_dir, 3)
+    assert client.post("/v1/admin/reload", headers=KEY).json()["serving_version"] == 3
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"user_id": "u", "k": 0}, "body.k"),
+        ({"user_id": "u", "k": 1000}, "k"),
+        ({"user_id": ""}, "body.user_id"),
+        ({"user_id": "   "}, "body.user_id"),
+        ({"user_id": "u", "candidates": [""]}, "body.candidates.0"),
+        ({"user_id": "u", "candidates": ["x"] * 1001}, "candidates"),
+        ({"user_id": "u", "candidate": ["x"]}, "body.candidate"),
+        ({"user_id": "u", "context": {"country": "Germany"}}, "body.context.country"),
+        ({"k": 3}, "body.user_id"),
+        ([1, 2], "body"),
+    ],
+)
+def test_malformed_rank_requests_are_422_naming_the_field(client: AppClient, body: Any, field: str) -> None:
+    response = client.post("/v1/rank", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()
+    assert error["error"] == "invalid_request" and error["message"]
+    assert any(d["field"] == field for d in error["details"]), error
+
+
+def test_not_json_is_400_and_too_large_is_413(client: AppClient) -> None:
+    response = client.post("/v1/rank", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"] == "malformed_body"
+    huge = b'{"user_id": "u", "candidates": [' + b'"x",' * 400_000 + b'"y"]}'
+    response = client.post("/v1/rank", content=huge, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"] == "payload_too_large"
+
+
+def test_events_need_an_api_key(client: AppClient) -> None:
+    assert client.post("/v1/events", json={"events": [event()]}).status_code == 401
+    wrong = client.post("/v1/events", json={"events": [event()]}, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"].startswith("Bearer")
+    ok = client.post("/v1/events", json={"events": [event()]}, headers={"Authorization": "Bearer dev-key"})
+    assert ok.status_code == 202
+    assert client.get("/v1/admin/models").status_code == 401
+
+
+def test_events_are_judged_one_by_one(client: AppClient) -> None:
+    batch = [
+        event(event_id="good-1"),
+        event(event_id="bad-type", event_type="purchase"),
+        event(event_id="bad-time", event_time=NOW_MS + 86_400_000),
+        event(event_id="good-2", event_time="2026-11-18T10:00:00Z"),
+        {"event_id": "no-user", "item_id": "i", "event_type": "view", "event_time": NOW_MS},
+        event(event_id="naive", event_time="2026-11-18T10:00:00"),
+        "not an object",
+    ]
+    response = client.post("/v1/events", json={"events": batch}, headers=KEY)
+    assert response.status_code == 202
+    body = response.json()
+    assert body["accepted"] == 2
+    reasons = {r["index"]: (r["event_id"], r["field"]) for r in body["rejected"]}
+    assert reasons == {
+        1: ("bad-type", "event_type"),
+        2: ("bad-time", "event_time"),
+        4: ("no-user", "user_id"),
+        5: ("naive", "event_time"),
+        6: (None, "event"),
+    }
+    sink = client.services.events
+    assert [e.event_id for e in sink.events] == ["good-1", "good-2"]
+
+
+def test_a_batch_with_only_bad_events_is_422_and_too_many_events_are_refused(client: AppClient) -> None:
+    response = client.post("/v1/events", json={"events": [event(event_type="nope")]}, headers=KEY)
+    assert response.status_code == 422 and response.json()["accepted"] == 0
+    too_many = client.post("/v1/events", json={"events": [event()] * 501}, headers=KEY)
+    assert too_many.status_code == 422 and too_many.json()["details"][0]["field"] == "events"
+
+
+def test_backpressure_names_the_events_to_resend(client: AppClient) -> None:
+    sink = client.services.events
+    sink.capacity = 1
+    batch = [event(event_id="a"), event(event_id="bad", event_type="x"), event(event_id="b")]
+    body = client.post("/v1/events", json={"events": batch}, headers=KEY).json()
+    assert body["accepted"] == 1
+    assert [(r["index"], r["event_id"]) for r in body["rejected"]] == [(1, "bad"), (2, "b")]
+    full = client.post("/v1/events", json={"events": [event(event_id="c")]}, headers=KEY)
+    assert full.status_code == 503 and "retry-after" in full.headers
+
+
+def test_ops_endpoints(client: AppClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] and ready["model_version"] == 1 and ready["catalog_items"] == len(ITEMS)
+    client.get("/v1/feed/u-1")
+    metrics = client.get("/metrics").text
+    for series in (
+        'freshrank_serve_requests_total{route="/v1/feed/{user_id}",status="200"}',
+        'freshrank_serve_stage_seconds_count{stage="score"}',
+        'freshrank_serve_feature_age_seconds_count{entity="user"}',
+        'freshrank_serve_model_version{arm="default"} 1.0',
+    ):
+        assert series in metrics, series
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/rank", "/v1/feed/{user_id}", "/v1/events", "/readyz", "/metrics"} <= set(spec["paths"])
+
+
+def test_item_features_are_cached_and_refreshed_off_the_request_path(
+    client: AppClient, store: InMemoryOnlineStore
+) -> None:
+    cached = client.services.items.snapshot
+    assert set(ITEMS[:50]) <= set(cached.index)  # lists + catalog were read at start
+    before = client.post("/v1/rank", json={"user_id": "u", "candidates": ["item-1", "item-2"]}).json()
+    store.items["item-1"] = store.items["item-59"]
+    after = client.post("/v1/rank", json={"user_id": "u", "candidates": ["item-1", "item-2"]}).json()
+    assert before["items"] == after["items"]  # no read on the request path
+    client.run(client.services.items.refresh())
+    refreshed = client.post("/v1/rank", json={"user_id": "u", "candidates": ["item-1", "item-2"]}).json()
+    assert refreshed["items"][0]["score"] > before["items"][0]["score"]
+    assert np.isfinite([i["score"] for i in refreshed["items"]]).all()
+
+
+def test_unknown_items_are_read_in_the_background_after_a_miss(client: AppClient, store: InMemoryOnlineStore) -> None:
+    store.items["brand-new"] = store.items["item-59"]
+    first = client.post("/v1/rank", json={"user_id": "u", "candidates": ["brand-new"]}).json()
+    assert "item_features:partial" in first["degraded"]
+    client.wait(0.3)
+    second = client.post("/v1/rank", json={"user_id": "u", "candidates": ["brand-new"]}).json()
+    assert "item_features:partial" not in second["degraded"]
+    assert second["items"][0]["score"] > first["items"][0]["score"]
+
+
+def test_new_users_and_lists_from_redis_are_the_store_contract(client: AppClient, store: InMemoryOnlineStore) -> None:
+    store.lists[user_key("u-9")] = ["item-3", "item-3", "item-4"]
+    body = client.get("/v1/feed/u-9").json()
+    assert sorted(i["item_id"] for i in body["items"]) == ["item-3", "item-4"]  # duplicates dropped

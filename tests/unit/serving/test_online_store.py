@@ -1,0 +1,40 @@
+"""The Redis reader speaks Feast's encoding: same hash fields as Feast's redis store, same values back."""
+
+from __future__ import annotations
+
+from feast.infra.online_stores.redis import RedisOnlineStore as FeastRedisStore
+
+from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW, item_stream_features, user_stream_features
+from features.definitions import ITEM_FEATURE_NAMES, ITEM_FEATURES, USER_FEATURE_NAMES, USER_FEATURES
+from serving.online_store import FeastRedisLayout
+from streaming.online_store import to_value
+
+
+def test_hash_fields_are_the_ones_feast_reads() -> None:
+    for view, layout in (
+        (user_stream_features, FeastRedisLayout("freshrank", USER_VIEW, "user_id", USER_FEATURE_NAMES)),
+        (item_stream_features, FeastRedisLayout("freshrank", ITEM_VIEW, "item_id", ITEM_FEATURE_NAMES)),
+    ):
+        _, feast_fields = FeastRedisStore()._generate_hset_keys_for_features(view, list(layout.names))
+        assert layout.fields == feast_fields[:-1]  # Feast appends its _ts field; we read as_of_ms instead
+
+
+def test_values_written_the_way_the_stream_job_writes_decode_to_the_same_python_values() -> None:
+    layout = FeastRedisLayout("freshrank", USER_VIEW, "user_id", USER_FEATURE_NAMES)
+    samples = {"int64": 7, "float64": 0.25, "string_list": ["i-1", "i-2"], "float_list": [0.5, 0.25]}
+    written = {spec.name: samples[spec.dtype] for spec in USER_FEATURES}
+    raw = [to_value(spec.dtype, written[spec.name]).SerializeToString() for spec in USER_FEATURES]
+    raw.append(to_value("int64", 1_795_000_000_000).SerializeToString())
+    row = layout.decode(raw)
+    assert row is not None
+    assert dict(row.values) == written and row.as_of_ms == 1_795_000_000_000
+
+
+def test_a_missing_hash_is_no_row_and_missing_fields_are_none() -> None:
+    layout = FeastRedisLayout("freshrank", ITEM_VIEW, "item_id", ITEM_FEATURE_NAMES)
+    assert layout.decode([None] * len(layout.fields)) is None
+    raw: list[bytes | None] = [None] * len(layout.fields)
+    raw[0] = to_value(ITEM_FEATURES[0].dtype, 3).SerializeToString()
+    row = layout.decode(raw)
+    assert row is not None and row.values[ITEM_FEATURES[0].name] == 3 and row.as_of_ms is None
+    assert row.values[ITEM_FEATURES[1].name] is None and AS_OF_FIELD not in row.values
