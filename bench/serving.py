@@ -44,7 +44,8 @@ from features.item import replay_item
 from features.ranking import RANKER_FEATURES, ItemMeta, feature_matrix
 from features.user import replay_user
 from sdk.publisher import wall_clock_ms
-from streaming.online_store import FeatureRow, OnlineStoreSink
+from streaming.entities import FeatureRow
+from streaming.online_store import OnlineStoreSink
 from training.registry import load as load_registered
 from training.synthetic import CatalogItem, SyntheticWorld, WorldConfig, write_catalog
 
