@@ -26,6 +26,7 @@ from typing import Any
 class Results:
     latencies_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    degraded: int = 0
     first_due: float = 0.0
     last_done: float = 0.0
 
@@ -38,8 +39,8 @@ class Connection:
         self.reader = reader
         self.writer = writer
 
-    async def exchange(self, request: bytes) -> int:
-        """Send one request, read the whole response; returns the status code."""
+    async def exchange(self, request: bytes) -> tuple[int, bytes]:
+        """Send one request, read the whole response; returns the status code and the body."""
         self.writer.write(request)
         status_line = await self.reader.readuntil(b"\r\n")
         status = int(status_line.split(b" ", 2)[1])
@@ -51,9 +52,8 @@ class Connection:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value.strip())
-        if length:
-            await self.reader.readexactly(length)
-        return status
+        body = await self.reader.readexactly(length) if length else b""
+        return status, body
 
     def close(self) -> None:
         self.writer.close()
@@ -73,7 +73,7 @@ async def run(spec: dict[str, Any]) -> Results:
             if connection is None:
                 reader, writer = await asyncio.open_connection(host, port)
                 connection = Connection(reader, writer)
-            status = await asyncio.wait_for(connection.exchange(request), timeout_s)
+            status, body = await asyncio.wait_for(connection.exchange(request), timeout_s)
         except TimeoutError:
             results.error("timeout")
             if connection is not None:
@@ -91,6 +91,8 @@ async def run(spec: dict[str, Any]) -> Results:
             return
         results.latencies_ms.append((done - due) * 1000)
         results.last_done = done
+        if b'"degraded":[]' not in body:
+            results.degraded += 1
 
     total = int(rps * seconds)
     start = loop.time() + 0.2
@@ -119,6 +121,7 @@ def main() -> None:
         "latencies_ms": results.latencies_ms,
         "errors": results.errors,
         "completed": len(results.latencies_ms),
+        "degraded": results.degraded,
         "sent": int(float(spec["rps"]) * float(spec["seconds"])),
         "achieved_rps": len(results.latencies_ms) / elapsed if elapsed > 0 else 0.0,
         "wall_s": time.monotonic() - wall,

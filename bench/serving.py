@@ -267,16 +267,22 @@ def run_baseline(
     }
 
 
-def stage_p99s(metrics_address: str) -> dict[str, float]:
-    """Per-stage mean time (ms) from the API's own histograms."""
+def stage_summary(metrics_address: str) -> dict[str, dict[str, float]]:
+    """Per stage, from the API's own histograms: requests, mean ms, and the bucket bound holding the p99 (ms)."""
     series = scrape(metrics_address) or {}
-    out: dict[str, float] = {}
-    for key, total in series.items():
-        if key.startswith("freshrank_serve_stage_seconds_sum{"):
-            stage = key.split('stage="', 1)[1].split('"', 1)[0]
-            count = series.get(key.replace("_sum{", "_count{"), 0.0)
-            if count:
-                out[stage] = round(1000 * total / count, 3)
+    out: dict[str, dict[str, float]] = {}
+    for key, count in series.items():
+        if not key.startswith("freshrank_serve_stage_seconds_count{") or not count:
+            continue
+        stage = key.split('stage="', 1)[1].split('"', 1)[0]
+        total = series.get(key.replace("_count{", "_sum{"), 0.0)
+        buckets = sorted(
+            (float(k.split('le="', 1)[1].split('"', 1)[0]), v)
+            for k, v in series.items()
+            if k.startswith("freshrank_serve_stage_seconds_bucket{") and f'stage="{stage}"' in k
+        )
+        p99 = next((bound for bound, cumulative in buckets if cumulative >= 0.99 * count), float("inf"))
+        out[stage] = {"count": count, "mean_ms": round(1000 * total / count, 3), "p99_le_ms": 1000 * p99}
     return out
 
 
@@ -296,11 +302,11 @@ def run(
         with running(redis_component(stack, free_port()), work / "logs") as redis:
             from feature_repo.store import apply
 
-            registry = work / "feast" / "registry.db"
+            feast_registry = work / "feast" / "registry.db"
             log(f"redis on {redis.address}; feast apply")
-            apply(redis.address, registry)
+            apply(redis.address, feast_registry)
             log("replaying a synthetic world into the Feast online store")
-            world = seed_world(redis.address, registry, work, items=max(1500, candidates * 2))
+            world = seed_world(redis.address, feast_registry, work, items=max(1500, candidates * 2))
             write_candidate_lists(redis.address, world, candidates)
             if registry is None:
                 log(f"{len(world.users)} users, {len(world.items)} items; training the ranker (freshrank train)")
@@ -323,13 +329,13 @@ def run(
                 log(f"warm-up, then {rps:.0f} requests/s for {seconds:.0f} s ({path}, {candidates} candidates)")
                 run_load(port, min(rps, 50), 3, requests, work)
                 load = run_load(port, rps, seconds, requests, work)
-                stages = stage_p99s(f"127.0.0.1:{port}")
+                stages = stage_summary(f"127.0.0.1:{port}")
                 _, sample = http_json(f"http://127.0.0.1:{port}/v1/feed/{world.users[0]}")
             finally:
                 stop_api(api)
             log("baseline: Feast get_online_features + the same model")
             baseline = run_baseline(
-                redis.address, registry, world, model_dir, candidates, baseline_seconds or min(seconds, 20)
+                redis.address, feast_registry, world, model_dir, candidates, baseline_seconds or min(seconds, 20)
             )
     errors = sum(load["errors"].values())
     report: dict[str, Any] = {
@@ -338,14 +344,15 @@ def run(
         "seconds": seconds,
         "candidates": candidates,
         "workers": workers,
-        "model": {"dir": str(model_dir.name), "metrics": model_metrics(model_dir)},
+        "model": {"version": int(model_dir.name), **model_metrics(model_dir)},
         "path": "GET /v1/feed/{user_id}?k=20" if path == "feed" else "POST /v1/rank (candidates in the body), k=20",
         "latency_ms": quantiles(load["latencies_ms"]),
         "errors": errors,
         "error_kinds": load["errors"],
         "sent": load["sent"],
+        "degraded_share": round(load["degraded"] / max(1, load["completed"]), 4),
         "achieved_rps": round(load["achieved_rps"], 1),
-        "stage_mean_ms": stages,
+        "stages": stages,
         "degraded_sample": sample.get("degraded") if isinstance(sample, dict) else None,
         "baseline": baseline,
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},

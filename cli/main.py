@@ -368,6 +368,10 @@ def serve(
     from serving.settings import ServingSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # Importing Feast sets these in a parent (e.g. the `up` supervisor) and a child inheriting them
+    # turns prometheus_client into file-backed multiprocess mode: slower, and files left behind.
+    for name in ("PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR"):
+        os.environ.pop(name, None)
     # Options become variables: with several workers each process reads its settings itself.
     for name, value in (("HOST", host), ("PORT", port), ("WORKERS", workers)):
         if value is not None:

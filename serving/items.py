@@ -48,6 +48,8 @@ class Catalog:
         self.path = path
         self._metas: dict[str, ItemMeta] = {}
         self._newest: list[str] = []
+        self._by_age: list[tuple[int, str]] = []
+        self._created_after: tuple[int, frozenset[str]] = (-1, frozenset())
         self._stamp: tuple[int, int] | None = None
         self.error: str | None = None
 
@@ -67,10 +69,26 @@ class Catalog:
         """The newest items, newest first: the last candidate fallback when no list exists."""
         return self._newest
 
+    def created_after(self, since_ms: int) -> frozenset[str]:
+        """Items created at or after the start of the minute holding `since_ms`.
+
+        Rounding the cutoff down to the minute lets one set serve every request of that minute
+        instead of scanning the catalog per request; an item stays "new" up to a minute longer.
+        """
+        bucket = since_ms // 60_000
+        cached_bucket, cached = self._created_after
+        if bucket != cached_bucket:
+            cutoff = bucket * 60_000
+            cached = frozenset(item_id for created, item_id in self._by_age if created >= cutoff)
+            self._created_after = (bucket, cached)
+        return cached
+
     def load(self, metas: Sequence[ItemMeta]) -> None:
         self._metas = {meta.item_id: meta for meta in metas}
         dated = sorted((m for m in metas if m.created_ms is not None), key=lambda m: m.created_ms or 0, reverse=True)
         self._newest = [m.item_id for m in dated[:CATALOG_FALLBACK_SIZE]]
+        self._by_age = [(m.created_ms or 0, m.item_id) for m in dated]
+        self._created_after = (-1, frozenset())
 
     def reload_if_changed(self) -> bool:
         """Re-read the parquet if its size or mtime changed (blocking: call from a worker thread)."""

@@ -26,7 +26,7 @@ import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -80,29 +80,55 @@ class RankResult:
     degraded: list[str] = field(default_factory=list)
 
 
-class StageTimeout(Exception):
-    pass
+class _Categories(Sequence[str | None]):
+    """The candidates' categories, read from their catalog entries on demand."""
+
+    def __init__(self, metas: list[ItemMeta | None]) -> None:
+        self.metas = metas
+
+    def __len__(self) -> int:
+        return len(self.metas)
+
+    @overload
+    def __getitem__(self, index: int) -> str | None: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str | None]: ...
+
+    def __getitem__(self, index: int | slice) -> str | None | Sequence[str | None]:
+        if isinstance(index, slice):
+            return [m.category if m is not None else None for m in self.metas[index]]
+        meta = self.metas[index]
+        return meta.category if meta is not None else None
 
 
 class Breaker:
-    """After `failures` consecutive online-store failures, skip it for `open_s` (no request pays timeouts)."""
+    """Skip the online store for `open_s` once it looks down, so no request pays a deadline for nothing.
 
-    def __init__(self, failures: int, open_s: float) -> None:
+    Down = `failures` consecutive failed reads and no successful one for `quiet_s`. The second
+    condition keeps an overloaded process (some reads late, others fine) from shedding every read.
+    """
+
+    def __init__(self, failures: int, open_s: float, quiet_s: float = 0.25) -> None:
         self.failures = failures
         self.open_s = open_s
+        self.quiet_s = quiet_s
         self._consecutive = 0
         self._open_until = 0.0
+        self._last_success = time.monotonic()
 
     def allow(self) -> bool:
         return time.monotonic() >= self._open_until
 
     def success(self) -> None:
         self._consecutive = 0
+        self._last_success = time.monotonic()
 
     def failure(self) -> None:
         self._consecutive += 1
-        if self._consecutive >= self.failures:
-            self._open_until = time.monotonic() + self.open_s
+        now = time.monotonic()
+        if self._consecutive >= self.failures and now - self._last_success >= self.quiet_s:
+            self._open_until = now + self.open_s
             self._consecutive = 0
 
 
@@ -171,7 +197,8 @@ class FeedRanker:
             return None
         started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(call, deadline_ms / 1000)
+            async with asyncio.timeout(deadline_ms / 1000):  # no extra task, unlike wait_for
+                result = await call
         except TimeoutError:
             degraded.append(f"{stage}:deadline")
             self.breaker.failure()
@@ -343,12 +370,14 @@ class FeedRanker:
         last_items = user.get("user_last_item_ids") if user is not None and self.settings.filter_seen else None
         seen_ids = set(last_items) if isinstance(last_items, list) else set()
         seen = np.array([c in seen_ids for c in candidates], dtype=bool) if seen_ids else np.zeros(n, dtype=bool)
-        born_after = now_ms - self.settings.new_item_max_age_s * 1000
-        created = np.array([m.created_ms if m is not None and m.created_ms is not None else -1 for m in metas])
-        explorable = created >= born_after if n else np.zeros(0, dtype=bool)
+        new_items = self.catalog.created_after(now_ms - int(self.settings.new_item_max_age_s * 1000))
+        explorable = np.zeros(n, dtype=bool)
+        if new_items:
+            explorable[[i for i, c in enumerate(candidates) if c in new_items]] = True
         clicks = np.nan_to_num(item_block[:, _CLICKS].astype(np.float64))
         impressions = np.nan_to_num(item_block[:, _IMPRESSIONS].astype(np.float64))
-        categories = [m.category if m is not None else None for m in metas]
+        # Categories are looked up only for the few candidates the slate walk looks at.
+        categories = _Categories(metas)
         # Seeded by the request id: the same request id reproduces the same exploration draws.
         rng = np.random.default_rng(zlib.crc32(request_id.encode()))
         try:

@@ -96,19 +96,17 @@ def choose_slate(
     n = len(scores)
     if n == 0 or k <= 0:
         return []
-    order = np.argsort(-scores, kind="stable")
-    seen_in_order = seen[order]
-    unseen: list[int] = order[~seen_in_order].tolist()
-    backfill: list[int] = order[seen_in_order].tolist()
-
     explore: list[int] = []
     n_explore = int(k * config.exploration_share)
     candidates = np.flatnonzero(explorable & ~seen)
     if n_explore and len(candidates):
         ranked = thompson_order(clicks[candidates], impressions[candidates], rng, config.prior_alpha, config.prior_beta)
         explore = candidates[ranked[:n_explore]].tolist()
-        chosen = set(explore)
-        unseen = [i for i in unseen if i not in chosen]
+    order = np.argsort(-scores, kind="stable")
+    taken = seen.copy()
+    taken[explore] = True
+    unseen: list[int] = order[~taken[order]].tolist()
+    backfill: list[int] = order[seen[order]].tolist()
     slots = set(exploration_slots(min(k, n), len(explore)))
 
     runs = _RunTracker(categories, config.max_run)

@@ -78,3 +78,24 @@ def test_catalog_loads_and_reloads_on_change(tmp_path: Path) -> None:
     write_catalog([CatalogItem("c", "music", "c2", 0.0, 300, 3000)], path)
     os.utime(path, ns=(10**18, 10**18))
     assert catalog.reload_if_changed() and catalog.ids() == ["c"]
+
+
+def test_new_items_are_those_created_since_the_start_of_the_cutoff_minute(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.parquet"
+    minute = 60_000
+    write_catalog(
+        [
+            CatalogItem("old", "news", "c1", 0.0, 10 * minute - 1, 1000),
+            CatalogItem("edge", "news", "c1", 0.0, 10 * minute, 1000),
+            CatalogItem("new", "news", "c1", 0.0, 11 * minute + 5, 1000),
+        ],
+        path,
+    )
+    catalog = Catalog(path)
+    assert catalog.reload_if_changed()
+    assert catalog.created_after(10 * minute + 30_000) == {"edge", "new"}
+    assert catalog.created_after(11 * minute) == {"new"}
+    write_catalog([CatalogItem("other", "news", "c1", 0.0, 11 * minute, 1000)], path)
+    os.utime(path, ns=(10**18, 10**18))
+    # A reload drops the cached set.
+    assert catalog.reload_if_changed() and catalog.created_after(11 * minute) == {"other"}
