@@ -314,6 +314,8 @@ def run(
                 model_dir = train_model(registry)
             else:
                 model_dir = load_registered(registry).directory
+            # Read now: a freshly trained model lives in the temporary directory removed below.
+            model = {"version": int(model_dir.name), **model_metrics(model_dir)}
             port = free_port()
             env = {
                 "FRESHRANK_SERVE_PORT": str(port),
@@ -344,7 +346,7 @@ def run(
         "seconds": seconds,
         "candidates": candidates,
         "workers": workers,
-        "model": {"version": int(model_dir.name), **model_metrics(model_dir)},
+        "model": model,
         "path": "GET /v1/feed/{user_id}?k=20" if path == "feed" else "POST /v1/rank (candidates in the body), k=20",
         "latency_ms": quantiles(load["latencies_ms"]),
         "errors": errors,

@@ -30,7 +30,7 @@ Pure: numpy only, no I/O, no clock (`now_ms` is a parameter), no model import.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -113,6 +113,63 @@ def _float_list(value: FeatureValue | None) -> list[float] | None:
     return None
 
 
+@dataclass(frozen=True)
+class CatalogColumns:
+    """Catalog data as parallel columns, one row per item; the last row is the "unknown item" row.
+
+    Built once per catalog load (or per `feature_matrix` call); `take(rows)` aligns it to a
+    candidate list with numpy gathers, so a request pays no Python loop per candidate for
+    the catalog and cross columns. Row -1 (the sentinel) reads as an item without `ItemMeta`.
+    """
+
+    item_ids: tuple[str, ...]
+    known: npt.NDArray[np.bool_]
+    created_ms: npt.NDArray[np.float64]
+    duration_ms: npt.NDArray[np.float64]
+    category_code: npt.NDArray[np.intp]
+    """Index into `categories`, -1 when the category is unknown."""
+    categories: tuple[str, ...]
+
+    @staticmethod
+    def of(metas: Sequence[ItemMeta | None]) -> CatalogColumns:
+        codes: dict[str, int] = {}
+        for meta in metas:
+            if meta is not None and meta.category is not None:
+                codes.setdefault(meta.category, len(codes))
+        rows = [*metas, None]  # the sentinel row
+
+        def column(get: Callable[[ItemMeta], int | None]) -> npt.NDArray[np.float64]:
+            return np.array(
+                [np.nan if m is None or (value := get(m)) is None else value for m in rows], dtype=np.float64
+            )
+
+        return CatalogColumns(
+            item_ids=tuple(m.item_id if m is not None else "" for m in metas),
+            known=np.array([m is not None for m in rows], dtype=bool),
+            created_ms=column(lambda m: m.created_ms),
+            duration_ms=column(lambda m: m.duration_ms),
+            category_code=np.array(
+                [-1 if m is None or m.category is None else codes[m.category] for m in rows], dtype=np.intp
+            ),
+            categories=tuple(codes),
+        )
+
+    def take(self, rows: npt.NDArray[np.intp]) -> CatalogColumns:
+        """The rows `rows` (-1 = unknown item) as a new aligned table, sentinel row appended again."""
+        picked = np.append(rows, -1)
+        return CatalogColumns(
+            item_ids=(),  # aligned tables are addressed by position; callers hold the candidate ids
+            known=self.known[picked],
+            created_ms=self.created_ms[picked],
+            duration_ms=self.duration_ms[picked],
+            category_code=self.category_code[picked],
+            categories=self.categories,
+        )
+
+    def __len__(self) -> int:
+        return len(self.known) - 1
+
+
 def feature_matrix(
     user: Mapping[str, FeatureValue | None] | None,
     items: Sequence[Mapping[str, FeatureValue | None] | None],
@@ -127,52 +184,77 @@ def feature_matrix(
     n = len(items)
     if len(metas) != n:
         raise ValueError(f"items and metas must be parallel: {n} items, {len(metas)} metas")
+    item_block = np.full((n, _N_ITEM), np.nan, dtype=np.float64)
+    present = [item for item in items if item is not None]
+    if len(present) == n and n:
+        item_block[:] = _numeric_rows(present, ITEM_RANKER_FEATURES)
+    elif present:
+        rows = [i for i, item in enumerate(items) if item is not None]
+        item_block[rows] = _numeric_rows(present, ITEM_RANKER_FEATURES)
+    ids = [m.item_id if m is not None else "" for m in metas]
+    return feature_matrix_columns(user, item_block, CatalogColumns.of(metas), ids, now_ms)
+
+
+def feature_matrix_columns(
+    user: Mapping[str, FeatureValue | None] | None,
+    item_block: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    catalog: CatalogColumns,
+    item_ids: Sequence[str],
+    now_ms: int,
+) -> FloatMatrix:
+    """`feature_matrix` from columns: the item columns already laid out, the catalog aligned to the candidates.
+
+    `item_block` is (n, len(ITEM_RANKER_FEATURES)) in `ITEM_RANKER_FEATURES` order (NaN = no
+    row), `catalog` holds n rows (`CatalogColumns.take`) and `item_ids[i]` names candidate i.
+    """
+    n = len(item_ids)
+    if item_block.shape != (n, _N_ITEM) or len(catalog) != n:
+        raise ValueError(
+            f"columns must be parallel: {n} ids, item block {item_block.shape}, {len(catalog)} catalog rows"
+        )
     out = np.full((n, len(RANKER_FEATURES)), np.nan, dtype=np.float64)
     if n == 0:
         return out.astype(np.float32)
-
     if user is not None:
         out[:, :_N_USER] = _numeric_rows([user], USER_RANKER_FEATURES)[0]
-
-    present = [item for item in items if item is not None]
-    if len(present) == n:
-        out[:, _ITEM_START:_CATALOG_START] = _numeric_rows(present, ITEM_RANKER_FEATURES)
-    elif present:
-        rows = [i for i, item in enumerate(items) if item is not None]
-        out[rows, _ITEM_START:_CATALOG_START] = _numeric_rows(present, ITEM_RANKER_FEATURES)
-
-    created = np.array([np.nan if m is None or m.created_ms is None else m.created_ms for m in metas], dtype=np.float64)
-    duration = np.array(
-        [np.nan if m is None or m.duration_ms is None else m.duration_ms for m in metas], dtype=np.float64
-    )
+    out[:, _ITEM_START:_CATALOG_START] = item_block
+    created = catalog.created_ms[:n]
     with np.errstate(invalid="ignore"):
         out[:, _CATALOG_START] = np.maximum((now_ms - created) / HOUR_MS, 0.0)
-    out[:, _CATALOG_START + 1] = duration / SECOND_MS
-
+    out[:, _CATALOG_START + 1] = catalog.duration_ms[:n] / SECOND_MS
     if user is not None:
-        _cross(out, user, metas)
+        _cross(out, user, catalog, item_ids)
     return out.astype(np.float32)
 
 
 def _cross(
-    out: npt.NDArray[np.float64], user: Mapping[str, FeatureValue | None], metas: Sequence[ItemMeta | None]
+    out: npt.NDArray[np.float64],
+    user: Mapping[str, FeatureValue | None],
+    catalog: CatalogColumns,
+    item_ids: Sequence[str],
 ) -> None:
+    n = len(item_ids)
     categories = _str_list(user.get("user_affinity_categories"))
     scores = _float_list(user.get("user_affinity_scores"))
     last_items = _str_list(user.get("user_last_item_ids"))
     c = _CROSS_START
     if categories is not None and scores is not None and len(categories) == len(scores):
-        ranked = enumerate(zip(categories, scores, strict=True), 1)
-        by_category = {cat: (score, float(rank)) for rank, (cat, score) in ranked}
-        absent = (0.0, _ABSENT_CATEGORY_RANK)
-        pairs = [
-            (np.nan, np.nan) if m is None or m.category is None else by_category.get(m.category, absent) for m in metas
-        ]
-        out[:, c : c + 2] = pairs
+        # Per category code: the user's score and rank; the extra last slot is code -1 (unknown) -> NaN.
+        affinity = np.zeros(len(catalog.categories) + 1, dtype=np.float64)
+        rank = np.full(len(catalog.categories) + 1, _ABSENT_CATEGORY_RANK, dtype=np.float64)
+        affinity[-1] = rank[-1] = np.nan
+        code_of = {name: code for code, name in enumerate(catalog.categories)}
+        for position, (category, score) in enumerate(zip(categories, scores, strict=True), 1):
+            code = code_of.get(category)
+            if code is not None:  # a repeated category: the later entry wins
+                affinity[code] = score
+                rank[code] = float(position)
+        codes = catalog.category_code[:n]
+        out[:, c] = affinity[codes]
+        out[:, c + 1] = rank[codes]
     if last_items is not None:
-        seen_rank = {item_id: float(rank) for rank, item_id in enumerate(last_items, 1)}
-        ranks = np.array(
-            [np.nan if m is None else seen_rank.get(m.item_id, _ABSENT_SEEN_RANK) for m in metas], dtype=np.float64
-        )
+        seen_rank = {item_id: float(position) for position, item_id in enumerate(last_items, 1)}
+        ranks = np.array([seen_rank.get(item_id, _ABSENT_SEEN_RANK) for item_id in item_ids], dtype=np.float64)
+        ranks[~catalog.known[:n]] = np.nan
         out[:, c + 2] = np.where(np.isnan(ranks), np.nan, (ranks < _ABSENT_SEEN_RANK).astype(np.float64))
         out[:, c + 3] = ranks

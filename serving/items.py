@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow.parquet as pq
 
-from features.ranking import ITEM_RANKER_FEATURES, RANKER_FEATURES, ItemMeta, feature_matrix
+from features.ranking import ITEM_RANKER_FEATURES, RANKER_FEATURES, CatalogColumns, ItemMeta, feature_matrix
 from serving.metrics import ServingMetrics
 from serving.online_store import FeatureRow, InMemoryOnlineStore, OnlineStoreError, RedisOnlineReader
 
@@ -48,8 +48,8 @@ class Catalog:
         self.path = path
         self._metas: dict[str, ItemMeta] = {}
         self._newest: list[str] = []
-        self._by_age: list[tuple[int, str]] = []
-        self._created_after: tuple[int, frozenset[str]] = (-1, frozenset())
+        # Swapped as one tuple: a reload runs in a worker thread while requests read it.
+        self._table: tuple[dict[str, int], CatalogColumns] = ({}, CatalogColumns.of([]))
         self._stamp: tuple[int, int] | None = None
         self.error: str | None = None
 
@@ -59,9 +59,6 @@ class Catalog:
     def get(self, item_id: str) -> ItemMeta | None:
         return self._metas.get(item_id)
 
-    def metas_for(self, item_ids: Sequence[str]) -> list[ItemMeta | None]:
-        return list(map(self._metas.get, item_ids))
-
     def ids(self) -> list[str]:
         return list(self._metas)
 
@@ -69,26 +66,18 @@ class Catalog:
         """The newest items, newest first: the last candidate fallback when no list exists."""
         return self._newest
 
-    def created_after(self, since_ms: int) -> frozenset[str]:
-        """Items created at or after the start of the minute holding `since_ms`.
-
-        Rounding the cutoff down to the minute lets one set serve every request of that minute
-        instead of scanning the catalog per request; an item stays "new" up to a minute longer.
-        """
-        bucket = since_ms // 60_000
-        cached_bucket, cached = self._created_after
-        if bucket != cached_bucket:
-            cutoff = bucket * 60_000
-            cached = frozenset(item_id for created, item_id in self._by_age if created >= cutoff)
-            self._created_after = (bucket, cached)
-        return cached
+    def aligned(self, item_ids: Sequence[str]) -> CatalogColumns:
+        """The catalog columns of these items, in this order (unknown items read as no `ItemMeta`)."""
+        index, columns = self._table
+        get = index.get
+        return columns.take(np.array([get(item_id, -1) for item_id in item_ids], dtype=np.intp))
 
     def load(self, metas: Sequence[ItemMeta]) -> None:
         self._metas = {meta.item_id: meta for meta in metas}
         dated = sorted((m for m in metas if m.created_ms is not None), key=lambda m: m.created_ms or 0, reverse=True)
         self._newest = [m.item_id for m in dated[:CATALOG_FALLBACK_SIZE]]
-        self._by_age = [(m.created_ms or 0, m.item_id) for m in dated]
-        self._created_after = (-1, frozenset())
+        unique = list(self._metas.values())
+        self._table = ({meta.item_id: n for n, meta in enumerate(unique)}, CatalogColumns.of(unique))
 
     def reload_if_changed(self) -> bool:
         """Re-read the parquet if its size or mtime changed (blocking: call from a worker thread)."""

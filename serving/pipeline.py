@@ -6,7 +6,7 @@
     user         the user's live feature row (online store, one entity, deadline),
                  concurrently with the cached-candidates read
     items        the candidates' feature rows from the in-process cache
-    matrix       `features.ranking.feature_matrix` in the model's column order
+    matrix       `features.ranking.feature_matrix_columns` in the model's column order
     score        the arm's ONNX model (fallback: smoothed CTR)
     policies     seen filter, exploration slots, diversity -> top k
 
@@ -33,9 +33,9 @@ import numpy.typing as npt
 
 from features.candidates import popular_global_key, user_key
 from features.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA, FeatureValue
-from features.ranking import ITEM_RANKER_FEATURES, ItemMeta, feature_matrix
+from features.ranking import ITEM_RANKER_FEATURES, CatalogColumns, feature_matrix_columns
 from serving.experiments import Experiments
-from serving.items import ITEM_COLUMNS, Catalog, ItemFeatureCache, wall_ms
+from serving.items import Catalog, ItemFeatureCache, wall_ms
 from serving.metrics import ServingMetrics
 from serving.models import LoadedModel, ModelRegistry
 from serving.online_store import FeatureRow, InMemoryOnlineStore, OnlineStoreError, RedisOnlineReader
@@ -81,13 +81,15 @@ class RankResult:
 
 
 class _Categories(Sequence[str | None]):
-    """The candidates' categories, read from their catalog entries on demand."""
+    """The candidates' category names, decoded from catalog codes only for the few the slate walk reads."""
 
-    def __init__(self, metas: list[ItemMeta | None]) -> None:
-        self.metas = metas
+    def __init__(self, catalog: CatalogColumns, n: int) -> None:
+        self.codes = catalog.category_code
+        self.names = catalog.categories
+        self.n = n
 
     def __len__(self) -> int:
-        return len(self.metas)
+        return self.n
 
     @overload
     def __getitem__(self, index: int) -> str | None: ...
@@ -97,9 +99,11 @@ class _Categories(Sequence[str | None]):
 
     def __getitem__(self, index: int | slice) -> str | None | Sequence[str | None]:
         if isinstance(index, slice):
-            return [m.category if m is not None else None for m in self.metas[index]]
-        meta = self.metas[index]
-        return meta.category if meta is not None else None
+            return [self[i] for i in range(self.n)[index]]
+        if not -self.n <= index < self.n:
+            raise IndexError(index)
+        code = int(self.codes[index % self.n])
+        return self.names[code] if code >= 0 else None
 
 
 class Breaker:
@@ -295,15 +299,13 @@ class FeedRanker:
         oldest = lookup.oldest_as_of_ms()
         if oldest is not None:
             self.metrics.feature_age.labels("item").observe(max(0.0, (now_ms - oldest) / 1000))
-        metas = self.catalog.metas_for(candidates)
+        catalog = self.catalog.aligned(candidates)
         t1 = time.perf_counter()
         self._stages["item_features"].observe(t1 - t0)
 
-        # The matrix is feature_matrix's own: user, catalog and cross columns from it, the item
-        # columns from the cache, which feature_matrix laid out at refresh time.
-        matrix = feature_matrix(user, [None] * len(candidates), metas, now_ms)
-        if len(candidates):
-            matrix[:, ITEM_COLUMNS] = item_block
+        # feature_matrix's own columns code, fed with columns: the item block from the cache (laid
+        # out by feature_matrix at refresh time) and the catalog aligned to the candidates.
+        matrix = feature_matrix_columns(user, item_block, catalog, candidates, now_ms)
         t2 = time.perf_counter()
         self._stages["matrix"].observe(t2 - t1)
 
@@ -312,7 +314,7 @@ class FeedRanker:
         t3 = time.perf_counter()
         self._stages["score"].observe(t3 - t2)
 
-        slate = self._apply_policies(query, candidates, scores, metas, user, item_block, now_ms, request_id, degraded)
+        slate = self._apply_policies(query, candidates, scores, catalog, user, item_block, now_ms, request_id, degraded)
         items = [
             RankedItem(candidates[slot.index], float(scores[slot.index]), position, slot.explored)
             for position, slot in enumerate(slate)
@@ -359,7 +361,7 @@ class FeedRanker:
         query: RankQuery,
         candidates: list[str],
         scores: FloatArray,
-        metas: list[ItemMeta | None],
+        catalog: CatalogColumns,
         user: dict[str, FeatureValue | None] | None,
         item_block: npt.NDArray[np.float32],
         now_ms: int,
@@ -370,14 +372,12 @@ class FeedRanker:
         last_items = user.get("user_last_item_ids") if user is not None and self.settings.filter_seen else None
         seen_ids = set(last_items) if isinstance(last_items, list) else set()
         seen = np.array([c in seen_ids for c in candidates], dtype=bool) if seen_ids else np.zeros(n, dtype=bool)
-        new_items = self.catalog.created_after(now_ms - int(self.settings.new_item_max_age_s * 1000))
-        explorable = np.zeros(n, dtype=bool)
-        if new_items:
-            explorable[[i for i, c in enumerate(candidates) if c in new_items]] = True
+        with np.errstate(invalid="ignore"):  # unknown creation time (NaN) is not new
+            explorable = catalog.created_ms[:n] >= now_ms - self.settings.new_item_max_age_s * 1000
         clicks = np.nan_to_num(item_block[:, _CLICKS].astype(np.float64))
         impressions = np.nan_to_num(item_block[:, _IMPRESSIONS].astype(np.float64))
         # Categories are looked up only for the few candidates the slate walk looks at.
-        categories = _Categories(metas)
+        categories = _Categories(catalog, n)
         # Seeded by the request id: the same request id reproduces the same exploration draws.
         rng = np.random.default_rng(zlib.crc32(request_id.encode()))
         try:

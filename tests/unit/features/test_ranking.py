@@ -16,8 +16,10 @@ from features.ranking import (
     ITEM_RANKER_FEATURES,
     RANKER_FEATURES,
     USER_RANKER_FEATURES,
+    CatalogColumns,
     ItemMeta,
     feature_matrix,
+    feature_matrix_columns,
 )
 from features.user import UserFeatures
 from tests.factories import NOW_MS, make_event
@@ -120,3 +122,19 @@ def test_a_non_numeric_value_is_nan_in_its_column_only() -> None:
     x = feature_matrix(None, [item], [None], NOW_MS)
     assert math.isnan(x[0, COL["item_clicks_1h"]]) and math.isnan(x[0, COL["item_clicks_24h"]])
     assert x[0, COL["item_impressions_1h"]] == 1.0
+
+
+def test_columns_entry_point_checks_that_its_inputs_are_parallel() -> None:
+    catalog = CatalogColumns.of([ItemMeta("a", "news", NOW_MS, None)])
+    block = np.full((2, len(ITEM_RANKER_FEATURES)), np.nan)
+    with pytest.raises(ValueError, match="parallel"):
+        feature_matrix_columns(None, block, catalog, ["a", "b"], NOW_MS)
+
+
+def test_a_category_repeated_in_the_affinity_list_takes_its_later_entry() -> None:
+    user = {"user_affinity_categories": ["news", "sport", "news"], "user_affinity_scores": [0.5, 0.3, 0.2]}
+    x = feature_matrix(
+        user, [None, None], [ItemMeta("a", "news", None, None), ItemMeta("b", "music", None, None)], NOW_MS
+    )  # type: ignore[arg-type]
+    assert x[0, COL["cross_category_affinity"]] == pytest.approx(0.2) and x[0, COL["cross_category_rank"]] == 3
+    assert x[1, COL["cross_category_affinity"]] == 0 and x[1, COL["cross_category_rank"]] == AFFINITY_TOP_K + 1

@@ -9,7 +9,7 @@ import numpy as np
 
 from features.events import EventType
 from features.item import ItemFeatures
-from features.ranking import ItemMeta, feature_matrix
+from features.ranking import ItemMeta, feature_matrix, feature_matrix_columns
 from features.user import UserFeatures
 from serving.items import ITEM_COLUMNS, Catalog, ItemSnapshot
 from serving.online_store import FeatureRow
@@ -80,22 +80,24 @@ def test_catalog_loads_and_reloads_on_change(tmp_path: Path) -> None:
     assert catalog.reload_if_changed() and catalog.ids() == ["c"]
 
 
-def test_new_items_are_those_created_since_the_start_of_the_cutoff_minute(tmp_path: Path) -> None:
+def test_aligned_catalog_columns_give_feature_matrix_for_the_candidates(tmp_path: Path) -> None:
     path = tmp_path / "catalog.parquet"
-    minute = 60_000
     write_catalog(
         [
-            CatalogItem("old", "news", "c1", 0.0, 10 * minute - 1, 1000),
-            CatalogItem("edge", "news", "c1", 0.0, 10 * minute, 1000),
-            CatalogItem("new", "news", "c1", 0.0, 11 * minute + 5, 1000),
+            CatalogItem("a", "news", "c1", 0.0, NOW_MS - 3_600_000, 30_000),
+            CatalogItem("b", "sport", "c1", 0.0, NOW_MS - 60_000, 5_000),
+            CatalogItem("c", "news", "c2", 0.0, NOW_MS, 1_000),
         ],
         path,
     )
     catalog = Catalog(path)
     assert catalog.reload_if_changed()
-    assert catalog.created_after(10 * minute + 30_000) == {"edge", "new"}
-    assert catalog.created_after(11 * minute) == {"new"}
-    write_catalog([CatalogItem("other", "news", "c1", 0.0, 11 * minute, 1000)], path)
-    os.utime(path, ns=(10**18, 10**18))
-    # A reload drops the cached set.
-    assert catalog.reload_if_changed() and catalog.created_after(11 * minute) == {"other"}
+    user, rows = live_rows()
+    user["user_last_item_ids"] = ["b", "zz"]
+    candidates = ["c", "unknown", "a", "b"]
+    aligned = catalog.aligned(candidates)
+    block = np.full((len(candidates), len(ITEM_COLUMNS)), np.nan, dtype=np.float32)
+    got = feature_matrix_columns(user, block, aligned, candidates, NOW_MS)
+    expected = feature_matrix(user, [None] * len(candidates), [catalog.get(c) for c in candidates], NOW_MS)
+    np.testing.assert_array_equal(got, expected)
+    assert aligned.known.tolist() == [True, False, True, True, False]  # the sentinel row stays last
