@@ -169,6 +169,11 @@ class CatalogColumns:
     def __len__(self) -> int:
         return len(self.known) - 1
 
+    def category_names(self) -> list[str | None]:
+        """Each row's category name (None when unknown), without a Python loop over the rows."""
+        names = np.array([*self.categories, None], dtype=object)  # code -1 reads the trailing None
+        return names[self.category_code[:-1]].tolist()  # type: ignore[no-any-return]
+
 
 def feature_matrix(
     user: Mapping[str, FeatureValue | None] | None,

@@ -26,7 +26,7 @@ import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar, overload
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -78,32 +78,6 @@ class RankResult:
     candidate_source: str
     items: list[RankedItem]
     degraded: list[str] = field(default_factory=list)
-
-
-class _Categories(Sequence[str | None]):
-    """The candidates' category names, decoded from catalog codes only for the few the slate walk reads."""
-
-    def __init__(self, catalog: CatalogColumns, n: int) -> None:
-        self.codes = catalog.category_code
-        self.names = catalog.categories
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    @overload
-    def __getitem__(self, index: int) -> str | None: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[str | None]: ...
-
-    def __getitem__(self, index: int | slice) -> str | None | Sequence[str | None]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(self.n)[index]]
-        if not -self.n <= index < self.n:
-            raise IndexError(index)
-        code = int(self.codes[index % self.n])
-        return self.names[code] if code >= 0 else None
 
 
 class Breaker:
@@ -374,10 +348,10 @@ class FeedRanker:
         seen = np.array([c in seen_ids for c in candidates], dtype=bool) if seen_ids else np.zeros(n, dtype=bool)
         with np.errstate(invalid="ignore"):  # unknown creation time (NaN) is not new
             explorable = catalog.created_ms[:n] >= now_ms - self.settings.new_item_max_age_s * 1000
-        clicks = np.nan_to_num(item_block[:, _CLICKS].astype(np.float64))
-        impressions = np.nan_to_num(item_block[:, _IMPRESSIONS].astype(np.float64))
-        # Categories are looked up only for the few candidates the slate walk looks at.
-        categories = _Categories(catalog, n)
+        # fmax turns a missing count (NaN) into 0 in one ufunc.
+        clicks = np.fmax(item_block[:, _CLICKS].astype(np.float64), 0.0)
+        impressions = np.fmax(item_block[:, _IMPRESSIONS].astype(np.float64), 0.0)
+        categories = catalog.category_names()
         # Seeded by the request id: the same request id reproduces the same exploration draws.
         rng = np.random.default_rng(zlib.crc32(request_id.encode()))
         try:

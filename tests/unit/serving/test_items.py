@@ -101,3 +101,4 @@ def test_aligned_catalog_columns_give_feature_matrix_for_the_candidates(tmp_path
     expected = feature_matrix(user, [None] * len(candidates), [catalog.get(c) for c in candidates], NOW_MS)
     np.testing.assert_array_equal(got, expected)
     assert aligned.known.tolist() == [True, False, True, True, False]  # the sentinel row stays last
+    assert aligned.category_names() == ["news", None, "news", "sport"]
