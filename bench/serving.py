@@ -41,7 +41,7 @@ from features.candidates import encode_candidates, popular_global_key, user_key
 from features.definitions import ITEM_FEATURE_NAMES, USER_FEATURE_NAMES
 from features.events import InteractionEvent
 from features.item import replay_item
-from features.ranking import RANKER_FEATURES, ItemMeta, feature_matrix
+from features.ranking import ItemMeta, feature_matrix
 from features.user import replay_user
 from sdk.publisher import wall_clock_ms
 from streaming.entities import FeatureRow
@@ -125,29 +125,17 @@ def write_candidate_lists(redis_address: str, world: SeededWorld, n_candidates: 
 def train_model(registry: Path, users: int = 1000, items: int = 500, seconds: float = 10_800.0, seed: int = 0) -> Path:
     """The project's ranker (`freshrank train` defaults: 3 h of a synthetic world), registered; returns its dir."""
     from training.evaluate import run_experiment
-    from training.ranker import INPUT_NAME, OBJECTIVE, OUTPUT_INDEX, OUTPUT_NAME
-    from training.registry import ModelSpec, TrainingWindow, register
+    from training.registry import register
     from training.sources import synthetic_source
 
-    experiment = run_experiment(synthetic_source(users=users, items=items, seconds=seconds, seed=seed))
-    window = TrainingWindow(int(experiment.train.request_time_ms.min()), experiment.split.valid_end_ms)
-    spec = ModelSpec(
-        feature_names=RANKER_FEATURES,
-        input_name=INPUT_NAME,
-        output_name=OUTPUT_NAME,
-        output_index=OUTPUT_INDEX,
-        objective=OBJECTIVE,
-        training_window=window,
-        data_hash=experiment.training_data_hash(),
-        metrics={"targets": experiment.report["targets"], "best_iteration": experiment.ranker.best_iteration},
-    )
-    return register(registry, experiment.onnx, spec).directory
+    source = synthetic_source(users=users, items=items, seconds=seconds, seed=seed)
+    experiment = run_experiment(source)
+    return register(registry, experiment.onnx, experiment.model_spec(source.name)).directory
 
 
 def model_metrics(model_dir: Path) -> dict[str, Any]:
     metadata: dict[str, Any] = json.loads((model_dir / "metadata.json").read_text())
-    places = (metadata.get("extra") or {}, metadata.get("metrics") or {})
-    return {"best_iteration": next((p["best_iteration"] for p in places if "best_iteration" in p), None)}
+    return {"best_iteration": (metadata.get("extra") or {}).get("best_iteration")}
 
 
 def http_json(url: str, timeout_s: float = 5.0) -> tuple[int, Any]:

@@ -571,11 +571,9 @@ def train(
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the test report here.")] = None,
 ) -> None:
     """Replay events into a point-in-time dataset, train the LightGBM ranker, export ONNX, check parity, register."""
-    from features.ranking import RANKER_FEATURES
     from training.errors import TrainingError
     from training.evaluate import run_experiment
-    from training.ranker import INPUT_NAME, OBJECTIVE, OUTPUT_INDEX, OUTPUT_NAME
-    from training.registry import ModelSpec, TrainingWindow, register
+    from training.registry import register
 
     try:
         with _progress() as progress:
@@ -586,28 +584,7 @@ def train(
             )  # fmt: skip
             experiment = run_experiment(source, progress=_step_progress(progress))
         report = experiment.report
-        train_rows = experiment.train
-        spec = ModelSpec(
-            feature_names=RANKER_FEATURES,
-            input_name=INPUT_NAME,
-            output_name=OUTPUT_NAME,
-            output_index=OUTPUT_INDEX,
-            objective=OBJECTIVE,
-            training_window=TrainingWindow(
-                int(train_rows.request_time_ms.min()), experiment.split.valid_end_ms - experiment.split.gap_ms
-            ),
-            data_hash=experiment.training_data_hash(),
-            metrics={key: report[key] for key in ("ndcg@10", "auc", "log_loss", "test", "targets")},
-            extra={
-                "source": source.name,
-                "label": "engaged",
-                "best_iteration": experiment.ranker.best_iteration,
-                "params": experiment.ranker.params,
-                "parity_max_abs_diff": experiment.parity_max_abs_diff,
-                "split": report["split"],
-            },
-        )
-        registered = register(registry, experiment.onnx, spec, name)
+        registered = register(registry, experiment.onnx, experiment.model_spec(source.name), name)
     except TrainingError as error:
         raise fail(str(error)) from None
     _print_report(report)

@@ -24,9 +24,22 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from features.ranking import RANKER_FEATURES
 from training.dataset import DatasetConfig, ImpressionDataset, TimeSplit, build_dataset, time_split
 from training.metrics import auc, log_loss, ndcg_at_k, rounded
-from training.ranker import OnnxRanker, TrainConfig, TrainedRanker, check_parity, export_onnx, train_ranker
+from training.ranker import (
+    INPUT_NAME,
+    OBJECTIVE,
+    OUTPUT_INDEX,
+    OUTPUT_NAME,
+    OnnxRanker,
+    TrainConfig,
+    TrainedRanker,
+    check_parity,
+    export_onnx,
+    train_ranker,
+)
+from training.registry import ModelSpec, TrainingWindow
 from training.sources import EventSource, GroundTruth
 
 SCORERS = ("popularity", "ranker_live", "ranker_stale", "ranker_no_user", "oracle")
@@ -133,6 +146,30 @@ class Experiment:
 
     def training_data_hash(self) -> str:
         return f"{self.train.content_hash()}:{self.valid.content_hash()}"
+
+    def model_spec(self, source_name: str) -> ModelSpec:
+        """What the registry records with this experiment's ONNX model (`freshrank train`, benchmarks)."""
+        report = self.report
+        return ModelSpec(
+            feature_names=RANKER_FEATURES,
+            input_name=INPUT_NAME,
+            output_name=OUTPUT_NAME,
+            output_index=OUTPUT_INDEX,
+            objective=OBJECTIVE,
+            training_window=TrainingWindow(
+                int(self.train.request_time_ms.min()), self.split.valid_end_ms - self.split.gap_ms
+            ),
+            data_hash=self.training_data_hash(),
+            metrics={key: report[key] for key in ("ndcg@10", "auc", "log_loss", "test", "targets")},
+            extra={
+                "source": source_name,
+                "label": "engaged",
+                "best_iteration": self.ranker.best_iteration,
+                "params": self.ranker.params,
+                "parity_max_abs_diff": self.parity_max_abs_diff,
+                "split": report["split"],
+            },
+        )
 
 
 def split_dataset(
