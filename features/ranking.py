@@ -122,7 +122,6 @@ class CatalogColumns:
     the catalog and cross columns. Row -1 (the sentinel) reads as an item without `ItemMeta`.
     """
 
-    item_ids: tuple[str, ...]
     known: npt.NDArray[np.bool_]
     created_ms: npt.NDArray[np.float64]
     duration_ms: npt.NDArray[np.float64]
@@ -144,7 +143,6 @@ class CatalogColumns:
             )
 
         return CatalogColumns(
-            item_ids=tuple(m.item_id if m is not None else "" for m in metas),
             known=np.array([m is not None for m in rows], dtype=bool),
             created_ms=column(lambda m: m.created_ms),
             duration_ms=column(lambda m: m.duration_ms),
@@ -158,7 +156,6 @@ class CatalogColumns:
         """The rows `rows` (-1 = unknown item) as a new aligned table, sentinel row appended again."""
         picked = np.append(rows, -1)
         return CatalogColumns(
-            item_ids=(),  # aligned tables are addressed by position; callers hold the candidate ids
             known=self.known[picked],
             created_ms=self.created_ms[picked],
             duration_ms=self.duration_ms[picked],
@@ -189,15 +186,21 @@ def feature_matrix(
     n = len(items)
     if len(metas) != n:
         raise ValueError(f"items and metas must be parallel: {n} items, {len(metas)} metas")
-    item_block = np.full((n, _N_ITEM), np.nan, dtype=np.float64)
+    ids = [m.item_id if m is not None else "" for m in metas]
+    return feature_matrix_columns(user, item_columns(items), CatalogColumns.of(metas), ids, now_ms)
+
+
+def item_columns(items: Sequence[Mapping[str, FeatureValue | None] | None]) -> npt.NDArray[np.float64]:
+    """The item part of the matrix: (len(items), len(ITEM_RANKER_FEATURES)), NaN for a missing row or value."""
+    n = len(items)
+    block = np.full((n, _N_ITEM), np.nan, dtype=np.float64)
     present = [item for item in items if item is not None]
     if len(present) == n and n:
-        item_block[:] = _numeric_rows(present, ITEM_RANKER_FEATURES)
+        block[:] = _numeric_rows(present, ITEM_RANKER_FEATURES)
     elif present:
         rows = [i for i, item in enumerate(items) if item is not None]
-        item_block[rows] = _numeric_rows(present, ITEM_RANKER_FEATURES)
-    ids = [m.item_id if m is not None else "" for m in metas]
-    return feature_matrix_columns(user, item_block, CatalogColumns.of(metas), ids, now_ms)
+        block[rows] = _numeric_rows(present, ITEM_RANKER_FEATURES)
+    return block
 
 
 def feature_matrix_columns(
