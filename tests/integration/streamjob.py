@@ -18,7 +18,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from cli.stack import metrics_healthy
+from cli.stack import free_port, metrics_healthy
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
 from feature_repo.store import open_store
 from features.admission import admitted_events
@@ -37,6 +37,36 @@ class StreamJob:
     log_path: Path
     metrics_port: int
     process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def configured(
+        work_dir: Path,
+        *,
+        bootstrap: str,
+        topic: str,
+        dlq_topic: str,
+        redis_address: str,
+        feast_registry: Path,
+        catalog: Path,
+        **settings: str,
+    ) -> StreamJob:
+        """A job on these topics and stores; checkpoints and log under `work_dir`, metrics on a free port.
+
+        `settings` adds more variables: `lateness_ms="500"` sets FRESHRANK_STREAM_LATENESS_MS.
+        """
+        port = free_port()
+        env = {
+            "FRESHRANK_STREAM_BOOTSTRAP_SERVERS": bootstrap,
+            "FRESHRANK_STREAM_TOPIC": topic,
+            "FRESHRANK_STREAM_DLQ_TOPIC": dlq_topic,
+            "FRESHRANK_STREAM_REDIS_ADDRESS": redis_address,
+            "FRESHRANK_STREAM_FEAST_REGISTRY": str(feast_registry),
+            "FRESHRANK_STREAM_CHECKPOINT_DIR": str(work_dir / "checkpoints"),
+            "FRESHRANK_STREAM_CATALOG_PATH": str(catalog),
+            "FRESHRANK_STREAM_METRICS_PORT": str(port),
+        }
+        env.update({f"FRESHRANK_STREAM_{name.upper()}": value for name, value in settings.items()})
+        return StreamJob(env, work_dir / "stream.log", port)
 
     def start(self, timeout_s: float = 240.0) -> None:
         with open(self.log_path, "ab") as log:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cli.stack import Component, free_port
+from cli.stack import Component
 from sdk.publisher import wall_clock_ms
 from serving.app import create_app
 from serving.settings import KafkaEvents, RedisOnlineStore, ServingSettings
@@ -32,20 +32,14 @@ def stream_job(
     catalog = [CatalogItem(i, "cat-a", "c", 0.0, old, 30_000) for i in A_ITEMS]
     catalog += [CatalogItem(i, "cat-b", "c", 0.0, old, 30_000) for i in B_ITEMS]
     write_catalog(catalog, tmp_path / "catalog.parquet")
-    port = free_port()
-    job = StreamJob(
-        env={
-            "FRESHRANK_STREAM_BOOTSTRAP_SERVERS": bootstrap,
-            "FRESHRANK_STREAM_TOPIC": fresh_topic,
-            "FRESHRANK_STREAM_DLQ_TOPIC": dlq_topic,
-            "FRESHRANK_STREAM_REDIS_ADDRESS": redis_server.address,
-            "FRESHRANK_STREAM_FEAST_REGISTRY": str(feast_registry),
-            "FRESHRANK_STREAM_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
-            "FRESHRANK_STREAM_CATALOG_PATH": str(tmp_path / "catalog.parquet"),
-            "FRESHRANK_STREAM_METRICS_PORT": str(port),
-        },
-        log_path=tmp_path / "stream.log",
-        metrics_port=port,
+    job = StreamJob.configured(
+        tmp_path,
+        bootstrap=bootstrap,
+        topic=fresh_topic,
+        dlq_topic=dlq_topic,
+        redis_address=redis_server.address,
+        feast_registry=feast_registry,
+        catalog=tmp_path / "catalog.parquet",
     )
     job.start()
     yield job

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.stack import Component, free_port, start_process, stop_process, wait_healthy
+from cli.stack import Component, start_process, stop_process, wait_healthy
 from features.codec import EventCodec
 from features.events import EventType, InteractionEvent
 from sdk.publisher import wall_clock_ms
@@ -61,22 +61,16 @@ def job_factory(
     catalog = tmp_path / "catalog.parquet"
 
     def make() -> StreamJob:
-        port = free_port()
-        job = StreamJob(
-            env={
-                "FRESHRANK_STREAM_BOOTSTRAP_SERVERS": bootstrap,
-                "FRESHRANK_STREAM_TOPIC": fresh_topic,
-                "FRESHRANK_STREAM_DLQ_TOPIC": dlq_topic,
-                "FRESHRANK_STREAM_REDIS_ADDRESS": redis_server.address,
-                "FRESHRANK_STREAM_FEAST_REGISTRY": str(feast_registry),
-                "FRESHRANK_STREAM_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
-                "FRESHRANK_STREAM_CATALOG_PATH": str(catalog),
-                "FRESHRANK_STREAM_METRICS_PORT": str(port),
-                "FRESHRANK_STREAM_LATENESS_MS": str(LATENESS_MS),
-                "FRESHRANK_STREAM_CHECKPOINT_INTERVAL_MS": "1000",
-            },
-            log_path=tmp_path / "stream.log",
-            metrics_port=port,
+        job = StreamJob.configured(
+            tmp_path,
+            bootstrap=bootstrap,
+            topic=fresh_topic,
+            dlq_topic=dlq_topic,
+            redis_address=redis_server.address,
+            feast_registry=feast_registry,
+            catalog=catalog,
+            lateness_ms=str(LATENESS_MS),
+            checkpoint_interval_ms="1000",
         )
         jobs.append(job)
         return job
