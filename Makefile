@@ -5,7 +5,7 @@ export UV_PYTHON_PREFERENCE ?= only-system
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 
-.PHONY: install up down status test test-unit test-integration lint bench clean
+.PHONY: install up down status test test-unit test-integration test-reliability lint bench clean
 
 install: ## Create .venv with the exact locked versions (installs uv if missing).
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -28,6 +28,11 @@ test-unit: install
 
 test-integration: install
 	$(RUN) pytest tests/integration
+
+SOAK_USERS ?= 200000
+test-reliability: install ## Fault suite, with a long soak (SOAK_USERS distinct users); figures in bench/results/soak.json.
+	mkdir -p bench/results
+	FRESHRANK_SOAK_USERS=$(SOAK_USERS) FRESHRANK_SOAK_REPORT=bench/results/soak.json $(RUN) pytest tests/reliability
 
 lint: install ## ruff and mypy --strict on the packages.
 	$(RUN) ruff check .

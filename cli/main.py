@@ -34,6 +34,7 @@ from cli.stack import (
     pid_alive,
     read_state,
     stream_detail,
+    stream_problems,
     tail,
 )
 
@@ -208,10 +209,14 @@ def _print_status(settings: StackSettings, as_json: bool) -> bool:
         detail = info.get("detail")
         text = (
             f"freshness p50 {detail['freshness_p50_ms']:.0f} ms, p99 {detail['freshness_p99_ms']:.0f} ms "
-            f"(last 60 s); lag {detail['consumer_lag']:.0f}; {detail['events_admitted']:.0f} events"
+            f"(last 60 s); lag {detail['consumer_lag']:.0f}; {detail['events_admitted']:.0f} events; "
+            f"{detail['dlq_records']:.0f} to DLQ; restarts {detail['task_restarts']:.0f}; "
+            f"sink retries {detail['sink_retries']:.0f}; DLQ write failures {detail['dlq_write_failures']:.0f}"
             if isinstance(detail, dict)
             else ""
         )
+        if name == "stream" and not info["healthy"] and isinstance(detail, dict):
+            text += " [red]" + "; ".join(stream_problems(detail)) + "[/]"
         table.add_row(name, str(info["address"]), str(info["pid"]), str(info["restarts"]), health, text)
     console.print(table)
     return healthy

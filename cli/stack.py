@@ -254,7 +254,30 @@ def stream_detail(address: str) -> dict[str, float] | None:
         "consumer_lag": sum(v for k, v in series.items() if k.startswith("freshrank_stream_consumer_lag{")),
         "events_admitted": series.get('freshrank_stream_events_total{outcome="admitted"}', 0.0),
         "rows_written": sum(v for k, v in series.items() if k.startswith("freshrank_stream_rows_written_total{")),
+        "task_restarts": series.get("freshrank_stream_task_restarts_total", 0.0),
+        "task_restarts_recent": series.get("freshrank_stream_task_restarts_recent", 0.0),
+        "dlq_records": _total(series, "freshrank_stream_dlq_records_total{"),
+        "dlq_write_failures": series.get("freshrank_stream_dlq_write_failures_total", 0.0),
+        "sink_retries": _total(series, "freshrank_stream_sink_retries_total{"),
+        "offset_resets": _total(series, "freshrank_stream_offset_resets_total{"),
+        "reading_paused": sum(1.0 for k, v in series.items() if k.startswith("freshrank_stream_reading_paused{") and v),
     }
+
+
+def _total(series: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in series.items() if k.startswith(prefix))
+
+
+def stream_problems(detail: dict[str, float] | None) -> list[str]:
+    """Why a running stream job is not healthy (empty: healthy). A job in a restart loop still serves /metrics."""
+    if detail is None:
+        return ["metrics unreachable"]
+    problems = []
+    if detail["task_restarts_recent"]:
+        problems.append(f"{detail['task_restarts_recent']:.0f} task restarts in the last 5 min")
+    if detail["reading_paused"]:
+        problems.append("reading paused (DLQ or online store refusing writes, or a layout change)")
+    return problems
 
 
 def stream_component(settings: StackSettings, broker: Component, redis: Component, metrics_port: int) -> Component:
@@ -516,7 +539,7 @@ def component_health(name: str, address: str) -> bool:
     if name == "redis":
         return redis_healthy(host, int(port))
     if name == "stream":
-        return metrics_healthy(address)
+        return not stream_problems(stream_detail(address))
     if name == "serve":
         return http_healthy(address)
     return False

@@ -20,12 +20,18 @@ def feast_env(redis_address: str, registry_path: Path | str) -> dict[str, str]:
     return {"FRESHRANK_REDIS_ADDRESS": redis_address, "FRESHRANK_FEAST_REGISTRY": registry}
 
 
-def open_store(redis_address: str, registry_path: Path | str) -> FeatureStore:
-    """A FeatureStore for `feature_store.yaml` with its two variables filled in from the arguments."""
+def open_store(redis_address: str, registry_path: Path | str, key_ttl_s: int | None = None) -> FeatureStore:
+    """A FeatureStore for `feature_store.yaml` with its two variables filled in from the arguments.
+
+    `key_ttl_s` sets Feast's `key_ttl_seconds`: every write re-arms an EXPIRE on the entity's hash.
+    """
     text = (REPO_PATH / "feature_store.yaml").read_text()
     for name, value in feast_env(redis_address, registry_path).items():
         text = text.replace("${" + name + "}", value)
-    config = RepoConfig(**yaml.safe_load(text))
+    values = yaml.safe_load(text)
+    if key_ttl_s is not None:
+        values["online_store"]["key_ttl_seconds"] = key_ttl_s
+    config = RepoConfig(**values)
     config.repo_path = REPO_PATH
     return FeatureStore(config=config)
 

@@ -6,8 +6,18 @@ user's own history therefore gives the same answer in the stream job, after
 a crash and replay, and in the training replay — whatever the interleaving of
 partitions. A global watermark over a multi-partition reader would not.
 
-Rule, applied to a user's events in log order:
+Rule, applied to a user's events in log order, each with its ingest time
+(the Kafka record's timestamp: deterministic given the log, so a restored job
+and the training replay decide alike; None where a log has no ingest times):
+- clock skew: an event_time more than `max_skew_ms` ahead of its ingest time
+  is clamped to ingest + max_skew_ms before anything else (`clamp_to_ingest`),
+  so one event from a client whose clock runs an hour ahead cannot move the
+  user's watermark (and window heads) into the future and make the user's
+  next present-time events late;
 - `late` if event_time_ms < newest admitted event_time_ms - lateness_ms;
+- `late` also if event_time_ms < ingest time - STALE_MS: no window can count
+  it as of its ingest time, and this rule is what lets an idle user leave
+  state (`evictable`) without changing any later answer;
 - else `duplicate` if an admitted event with the same event_id is remembered;
 - else `admitted`.
 Only ids of admitted events within the lateness bound of the newest are
@@ -20,11 +30,19 @@ Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import struct
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
 
+from features.definitions import DAY_MS, USER_RETENTION_WINDOW
 from features.events import InteractionEvent
+
+MAX_INGEST_SKEW_MS = 60_000
+"""Default allowance of event time ahead of ingest time (client clocks run a little fast)."""
+STALE_MS = DAY_MS + USER_RETENTION_WINDOW.bucket_ms
+"""An event older than its ingest time by more than this counts in no window (the longest is 24 h): late."""
 
 _FORMAT = 1
 _HEADER = struct.Struct(">BqI")
@@ -47,9 +65,12 @@ class AdmissionGate:
         self.newest_ms = newest_ms
         self._seen: dict[str, int] = seen if seen is not None else {}
 
-    def admit(self, event: InteractionEvent) -> Admission:
+    def admit(self, event: InteractionEvent, ingest_ms: int | None = None) -> Admission:
+        """Decide one event (already clamped by `clamp_to_ingest`); `ingest_ms` is its record timestamp."""
         newest = self.newest_ms
         if newest is not None and event.event_time_ms < newest - self.lateness_ms:
+            return Admission.LATE
+        if ingest_ms is not None and event.event_time_ms < ingest_ms - STALE_MS:
             return Admission.LATE
         if event.event_id in self._seen:
             return Admission.DUPLICATE
@@ -91,11 +112,58 @@ class AdmissionGate:
             offset += length
         return cls(lateness_ms, None if newest == -1 else newest, seen)
 
+    def evictable(self, partition_clock_ms: int) -> bool:
+        """True when forgetting this gate changes no later decision (see `EVICT_AFTER_MS`)."""
+        return self.newest_ms is None or partition_clock_ms - self.newest_ms > EVICT_AFTER_MS
 
-def admitted_events(events_in_log_order: Iterable[InteractionEvent], lateness_ms: int) -> Iterator[InteractionEvent]:
-    """The events the stream job lets into the features, given each user's events in log order."""
+
+EVICT_AFTER_MS = 2 * STALE_MS + 300_000
+"""An entity whose newest event is this far behind its partition's clock may leave state.
+
+Why this is exact: a later record of the entity has an ingest time I >= clock - D,
+where D (record timestamps out of order within a partition) is assumed below
+5 min; an event it carries is admitted only if t >= I - STALE_MS, so
+t > newest + STALE_MS: newer than anything the forgotten gate remembers (no
+duplicate or late answer changes) and beyond every window of the forgotten
+aggregate (the longest is 24 h), which therefore adds nothing to any value.
+"""
+
+
+def clamp_to_ingest(event: InteractionEvent, ingest_ms: int | None, max_skew_ms: int) -> InteractionEvent:
+    """The event with its event_time clamped to `ingest_ms + max_skew_ms` (unchanged if within or unknown)."""
+    if ingest_ms is None or event.event_time_ms <= ingest_ms + max_skew_ms:
+        return event
+    return dataclasses.replace(event, event_time_ms=ingest_ms + max_skew_ms)
+
+
+def at_ingest(event: InteractionEvent, ingest_ms: int | None, max_skew_ms: int) -> InteractionEvent | None:
+    """The event as admission sees it at its ingest time: clamped, or None if stale (late for any user state).
+
+    Used where a log is replayed record by record (training's topic replay); the
+    stream job applies the same two rules through `clamp_to_ingest` and `admit`.
+    """
+    event = clamp_to_ingest(event, ingest_ms, max_skew_ms)
+    if ingest_ms is not None and event.event_time_ms < ingest_ms - STALE_MS:
+        return None
+    return event
+
+
+def admitted_events(
+    events_in_log_order: Iterable[InteractionEvent],
+    lateness_ms: int,
+    ingest_times: Iterable[int | None] | None = None,
+    max_skew_ms: int = MAX_INGEST_SKEW_MS,
+) -> Iterator[InteractionEvent]:
+    """The events the stream job lets into the features (clamped as it clamps), given each user's log order.
+
+    `ingest_times` are the records' timestamps, in the same order; without them (a parquet
+    log, the synthetic world) events are taken as ingested at their own event time.
+    """
     gates: dict[str, AdmissionGate] = {}
+    times: Iterator[int | None] = iter(ingest_times) if ingest_times is not None else itertools.repeat(None)
     for event in events_in_log_order:
+        ingest_ms = next(times)
+        event = clamp_to_ingest(event, ingest_ms, max_skew_ms)
         gate = gates.setdefault(event.user_id, AdmissionGate(lateness_ms))
-        if gate.admit(event) is Admission.ADMITTED:
+        if gate.admit(event, ingest_ms) is Admission.ADMITTED:
             yield event

@@ -106,7 +106,7 @@ class EventCodec:
         try:
             record = fastavro.schemaless_reader(body, writer.parsed, reader)
         except Exception as error:  # fastavro raises many types on garbage input
-            return Rejection("value", f"Avro body does not decode with schema {schema_id}: {error!r}")
+            return Rejection("value", f"Avro body does not decode with schema {schema_id}: {describe(error)}")
         if body.tell() != len(data):
             return Rejection("value", f"{len(data) - body.tell()} trailing bytes after the Avro body")
         return from_record(record)
@@ -146,4 +146,14 @@ def from_record(record: Any) -> InteractionEvent | Rejection:
             country=record.get("country"),
         )
     except (KeyError, ValueError) as error:
-        return Rejection("value", f"record does not match the event contract: {error!r}")
+        return Rejection("value", f"record does not match the event contract: {describe(error)}")
+
+
+def describe(error: Exception) -> str:
+    """A decode error in words, never quoting the payload: a UnicodeDecodeError's repr holds the whole body."""
+    if isinstance(error, UnicodeDecodeError):
+        return f"a string field is not valid UTF-8 ({error.reason} at byte {error.start} of the field)"
+    if isinstance(error, KeyError):
+        return f"field {str(error)[:80]} is missing"
+    text = str(error)
+    return f"{type(error).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"

@@ -63,6 +63,12 @@ class Rejection:
         return f"{self.field}: {self.reason}"
 
 
+def excerpt(value: object, limit: int = 40) -> str:
+    """repr of a refused value, cut: a reason quotes at most a few characters of a client's data."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
 def validate(event: InteractionEvent, now_ms: int) -> Rejection | None:
     """Return the first rule the event breaks, or None if it may enter.
 
@@ -77,7 +83,7 @@ def validate(event: InteractionEvent, now_ms: int) -> Rejection | None:
             return Rejection(name, f"is {len(value)} characters long, the limit is {MAX_ID_LENGTH}")
     if not isinstance(event.event_type, EventType):
         allowed = ", ".join(t.value for t in EventType)
-        return Rejection("event_type", f"{event.event_type!r} is not one of: {allowed}")
+        return Rejection("event_type", f"{excerpt(event.event_type)} is not one of: {allowed}")
     if isinstance(event.event_time_ms, bool) or not isinstance(event.event_time_ms, int):
         return Rejection("event_time", "must be an integer timestamp in milliseconds")
     if event.event_time_ms < MIN_EVENT_TIME_MS:
@@ -98,7 +104,7 @@ def validate(event: InteractionEvent, now_ms: int) -> Rejection | None:
         if value is not None and (not value or len(value) > limit):
             return Rejection(name, f"must be null or 1..{limit} characters")
     if event.country is not None and not _COUNTRY.match(event.country):
-        return Rejection("country", f"{event.country!r} is not an ISO 3166-1 alpha-2 code like 'US'")
+        return Rejection("country", f"{excerpt(event.country)} is not an ISO 3166-1 alpha-2 code like 'US'")
     return None
 
 

@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from features.partitioning import LIBRDKAFKA_PARTITIONER
+
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
 
@@ -66,4 +68,7 @@ class KafkaSettings(BaseSettings):
             "queue.buffering.max.messages": self.queue_max_messages,
             "delivery.timeout.ms": self.delivery_timeout_ms,
             "compression.type": "lz4",
+            # Kafka's default partitioner (murmur2), as Java clients use it: a user's events land in
+            # the partition the stream job expects whichever client wrote them (it checks).
+            "partitioner": LIBRDKAFKA_PARTITIONER,
         }

@@ -21,6 +21,10 @@ What a table guarantees (tested in tests/unit/streaming/test_entities.py):
 - Rows carry a Feast timestamp that is the wall-clock time they were made and
   strictly increases per table: Feast keeps a write only if it is strictly
   newer, so a restored job always overwrites what a killed one wrote.
+- Bounded: `evict(clock_ms, after_ms)` removes every entity that owes no row and
+  whose newest event is more than `after_ms` behind `clock_ms` from the cache,
+  the schedules and the stores (see features.admission.EVICT_AFTER_MS for why
+  that changes no later value).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class KeyValueStore(Protocol):
 
     def items(self) -> Iterable[tuple[str, bytes]]: ...
 
+    def remove_all(self, keys: Iterable[str]) -> None: ...
+
 
 class MemoryStore:
     """A dict as a `KeyValueStore`: the test double of Flink MapState."""
@@ -62,6 +68,10 @@ class MemoryStore:
 
     def items(self) -> Iterable[tuple[str, bytes]]:
         return list(self.data.items())
+
+    def remove_all(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.data.pop(key, None)
 
 
 class Aggregate(Protocol):
@@ -99,7 +109,8 @@ class CachedObjects(Generic[T]):
     """Decoded objects in front of a `KeyValueStore`: read once, written back by `save()` when changed.
 
     The cache keeps at most `capacity` objects; only saved ones are evicted, so the
-    store always holds what the cache would.
+    store always holds what the cache would. `capacity` may be changed at any time
+    (the operator splits one per-process budget over the tables it holds).
     """
 
     def __init__(
@@ -132,18 +143,30 @@ class CachedObjects(Generic[T]):
         while len(self._cache) > self.capacity:
             self._cache.popitem(last=False)
 
+    def remove(self, keys: list[str]) -> None:
+        """Forget `keys` in the cache and the store (they must not be changed and unsaved)."""
+        for key in keys:
+            self._cache.pop(key, None)
+            self._changed.discard(key)
+        self.store.remove_all(keys)
 
-_SCHEDULE = struct.Struct("<qqq")
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+_SCHEDULE = struct.Struct("<qqqq")
+_SCHEDULE_V1 = struct.Struct("<qqq")
 _NONE = -1
 
 
 @dataclass(slots=True)
 class Schedule:
-    """When an entity owes a row: a pending flush of new events, the next window change, and its last as_of."""
+    """When an entity owes a row (a pending flush, the next window change), its last as_of and newest event."""
 
     flush_due_ms: int | None = None
     expire_at_ms: int | None = None
     last_as_of_ms: int = 0
+    newest_event_ms: int = 0
 
     def due_ms(self) -> int | None:
         if self.flush_due_ms is None:
@@ -155,12 +178,17 @@ class Schedule:
     def to_bytes(self) -> bytes:
         flush = _NONE if self.flush_due_ms is None else self.flush_due_ms
         expire = _NONE if self.expire_at_ms is None else self.expire_at_ms
-        return _SCHEDULE.pack(flush, expire, self.last_as_of_ms)
+        return _SCHEDULE.pack(flush, expire, self.last_as_of_ms, self.newest_event_ms)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Schedule:
-        flush, expire, last_as_of = _SCHEDULE.unpack(data)
-        return cls(None if flush == _NONE else flush, None if expire == _NONE else expire, last_as_of)
+        if (
+            len(data) == _SCHEDULE_V1.size
+        ):  # state of a job before eviction: its last row stands in for the newest event
+            flush, expire, last_as_of = _SCHEDULE_V1.unpack(data)
+            return cls(None if flush == _NONE else flush, None if expire == _NONE else expire, last_as_of, last_as_of)
+        flush, expire, last_as_of, newest = _SCHEDULE.unpack(data)
+        return cls(None if flush == _NONE else flush, None if expire == _NONE else expire, last_as_of, newest)
 
 
 class RowClock:
@@ -207,12 +235,15 @@ class EntityTable(Generic[A]):
     def aggregate(self, key: str) -> A:
         return self.aggregates.get(key)
 
-    def changed(self, key: str, now_ms: int) -> None:
-        """Record that `key`'s aggregate changed at processing time `now_ms`: it owes a row."""
+    def changed(self, key: str, now_ms: int, event_time_ms: int) -> None:
+        """Record that an event at `event_time_ms` changed `key`'s aggregate at processing time `now_ms`."""
         self.aggregates.changed(key)
         schedule = self._schedules.get(key)
         if schedule is None:
             schedule = self._schedules[key] = Schedule()
+        if event_time_ms > schedule.newest_event_ms:
+            schedule.newest_event_ms = event_time_ms
+            self._changed_schedules.add(key)
         if schedule.flush_due_ms is None:
             schedule.flush_due_ms = now_ms + self.flush_interval_ms
             self._changed_schedules.add(key)
@@ -254,6 +285,24 @@ class EntityTable(Generic[A]):
                 heapq.heappush(heap, (schedule.expire_at_ms, key))
             self._changed_schedules.add(key)
         return rows
+
+    def evict(self, clock_ms: int, after_ms: int) -> list[str]:
+        """Remove every entity that owes no row and whose newest event is over `after_ms` behind `clock_ms`."""
+        gone = [
+            key
+            for key, schedule in self._schedules.items()
+            if schedule.due_ms() is None and clock_ms - schedule.newest_event_ms > after_ms
+        ]
+        if gone:
+            for key in gone:
+                del self._schedules[key]
+                self._changed_schedules.discard(key)
+            self.aggregates.remove(gone)
+            self.schedules_store.remove_all(gone)
+        return gone
+
+    def __len__(self) -> int:
+        return len(self._schedules)
 
     def save(self) -> None:
         """Write every changed aggregate and schedule to the stores (call before returning to Flink)."""

@@ -17,9 +17,7 @@ from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.table import StreamTableEnvironment
 
 from streaming.operators import (
-    DLQ,
     ITEM_EVENTS,
-    DlqWriter,
     ItemFeaturesByBucket,
     OnlineStoreWriter,
     PartitionFanOut,
@@ -75,9 +73,15 @@ def build(env: StreamExecutionEnvironment, settings: StreamSettings) -> None:
         "'fields.n.kind' = 'random')"
     )
     ticks = tables.to_data_stream(tables.from_path("freshrank_ticks"))
-    polls = ticks.flat_map(PartitionFanOut(settings), output_type=Types.INT()).name("partition fan-out")
+    # (partition, partition count, topic id), from one keyed instance that holds the job's layout.
+    polls = (
+        ticks.key_by(lambda _tick: 0, key_type=Types.INT())
+        .process(PartitionFanOut(settings), output_type=Types.TUPLE([Types.INT(), Types.INT(), Types.STRING()]))
+        .name("partition fan-out")
+        .uid("partition-fan-out")
+    )
     user_rows = (
-        polls.key_by(lambda partition: partition, key_type=Types.INT())
+        polls.key_by(lambda poll: poll[0], key_type=Types.INT())
         .process(UserFeaturesByPartition(settings), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("UserFeaturesByPartition")
         .uid("user-features-by-partition")
@@ -89,8 +93,8 @@ def build(env: StreamExecutionEnvironment, settings: StreamSettings) -> None:
         .name("ItemFeaturesByBucket")
         .uid("item-features-by-bucket")
     )
+    # Dead letters are written (and confirmed) inside UserFeaturesByPartition, before it saves its offset.
     (user_rows.union(item_rows).process(OnlineStoreWriter(settings)).name("OnlineStoreSink").uid("online-store-sink"))
-    (user_rows.get_side_output(DLQ).process(DlqWriter(settings)).name("DLQ").uid("dlq-writer").set_parallelism(1))
 
 
 def run(settings: StreamSettings) -> None:
@@ -100,6 +104,11 @@ def run(settings: StreamSettings) -> None:
     if not os.environ.get("PATH", "").startswith(venv_bin):
         os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
     settings.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    # The operators log through Flink's log file; without this it lands inside site-packages.
+    if "FLINK_LOG_DIR" not in os.environ:
+        settings.flink_log_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["FLINK_LOG_DIR"] = str(settings.flink_log_dir.resolve())
+    log.info("Flink and operator logs: %s", os.environ["FLINK_LOG_DIR"])
     restore_from = latest_checkpoint(settings.checkpoint_dir)
     if restore_from is not None:
         log.info("resuming from checkpoint %s", restore_from)

@@ -20,9 +20,49 @@ EVENTS = Counter(
     ["outcome"],
 )
 ROWS_WRITTEN = Counter("freshrank_stream_rows_written_total", "Feature rows written to the online store.", ["view"])
-SINK_RETRIES = Counter("freshrank_stream_sink_retries_total", "Online store writes retried because Redis was down.")
-DLQ_RECORDS = Counter("freshrank_stream_dlq_records_total", "Records sent to the DLQ, by reason kind.", ["kind"])
-CONSUMER_LAG = Gauge("freshrank_stream_consumer_lag", "High watermark minus next offset to read.", ["partition"])
+SINK_RETRIES = Counter(
+    "freshrank_stream_sink_retries_total",
+    "Online store writes retried, by cause: unavailable (down, timeout), oom, readonly, error.",
+    ["reason"],
+)
+DLQ_RECORDS = Counter("freshrank_stream_dlq_records_total", "Records confirmed on the DLQ, by reason kind.", ["kind"])
+DLQ_WRITE_FAILURES = Counter(
+    "freshrank_stream_dlq_write_failures_total", "DLQ writes that got a failed delivery report (retried)."
+)
+DLQ_TRUNCATED = Counter("freshrank_stream_dlq_truncated_total", "DLQ records cut to the size limit.")
+READING_PAUSED = Gauge(
+    "freshrank_stream_reading_paused",
+    "1 while reading is stopped: dlq (DLQ unwritable), online_store (Redis refusing writes), layout.",
+    ["reason"],
+)
+CONSUMER_LAG = Gauge(
+    "freshrank_stream_consumer_lag", "High watermark minus next offset to read (negative: log reset).", ["partition"]
+)
+OFFSET_RESETS = Counter(
+    "freshrank_stream_offset_resets_total",
+    "Stored offsets found out of range and reset to the earliest, by cause: retention, log_reset.",
+    ["partition", "cause"],
+)
+RECORDS_SKIPPED = Counter(
+    "freshrank_stream_records_skipped_total", "Records no longer in the log when an offset was reset.", ["partition"]
+)
+CLOCK_SKEW_CLAMPED = Counter(
+    "freshrank_stream_clock_skew_clamped_total", "Admitted events whose event time was clamped to ingest + max skew."
+)
+ENTITIES_EVICTED = Counter("freshrank_stream_entities_evicted_total", "Idle entities removed from state.", ["view"])
+ENTITIES = Gauge("freshrank_stream_entities", "Entities in this process's state.", ["view"])
+TASK_STARTS = Counter(
+    "freshrank_stream_task_starts_total", "Operator instances opened in this process (restores count).", ["operator"]
+)
+TASK_RESTARTS = Counter(
+    "freshrank_stream_task_restarts_total", "Operator instances re-opened after a failure (Flink failovers)."
+)
+CATALOG_RELOAD_FAILURES = Counter(
+    "freshrank_stream_catalog_reload_failures_total", "Catalog reloads that failed (the old catalog was kept)."
+)
+LAYOUT_MISMATCH = Gauge(
+    "freshrank_stream_layout_mismatch", "1 when partitions or item buckets differ from the state's; reading stops."
+)
 FRESHNESS = Histogram(
     "freshrank_stream_freshness_seconds",
     "Time a row became readable in the online store minus the event time of the newest event it includes.",
@@ -35,17 +75,49 @@ FRESHNESS_RECENT = Gauge(
     ["quantile"],
 )
 
+RESTART_WINDOW_S = 300.0
+TASK_RESTARTS_RECENT = Gauge(
+    "freshrank_stream_task_restarts_recent",
+    f"Operator re-opens (Flink failovers) in the last {RESTART_WINDOW_S:.0f} s: above 0, the job is not healthy.",
+)
+
 _server_lock = threading.Lock()
 _server_port: int | None = None
+_opened: set[tuple[str, int]] = set()
+_restarts_at: list[float] = []
 
 
-def serve(port: int) -> None:
+def _recent_restarts() -> float:
+    cutoff = time.monotonic() - RESTART_WINDOW_S
+    with _server_lock:
+        _restarts_at[:] = [at for at in _restarts_at if at > cutoff]
+        return float(len(_restarts_at))
+
+
+TASK_RESTARTS_RECENT.set_function(_recent_restarts)
+
+
+def task_opened(operator: str, subtask: int, attempt: int) -> None:
+    """Count an operator start; attempt > 0 (or a second start of one subtask here) is a Flink failover.
+
+    In thread mode every restore re-opens the operators in the same interpreter, so
+    a job in a restart loop shows here even though the process (and /metrics) stays up.
+    """
+    TASK_STARTS.labels(operator).inc()
+    with _server_lock:
+        if attempt > 0 or (operator, subtask) in _opened:
+            TASK_RESTARTS.inc()
+            _restarts_at.append(time.monotonic())
+        _opened.add((operator, subtask))
+
+
+def serve(port: int, addr: str = "127.0.0.1") -> None:
     """Start the /metrics HTTP server once per process (port 0: don't serve)."""
     global _server_port
     with _server_lock:
         if port and _server_port is None:
             try:
-                start_http_server(port, addr="127.0.0.1")
+                start_http_server(port, addr=addr)
             except OSError as error:
                 # Another Python worker of this job already serves the port.
                 logging.getLogger("freshrank.stream").info("metrics port %s: %s", port, error)

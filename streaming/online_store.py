@@ -6,6 +6,17 @@ the constructor stores settings, `open()` connects and checks the connection,
 `write(rows)` sends one batch, and an unreachable Redis is a typed
 `OnlineStoreUnavailable` with a retry-after, never a silent drop.
 
+Faults and what they become (`OnlineStoreUnavailable.cause`, the label of
+`freshrank_stream_sink_retries_total`): connection refused, reset or a socket
+timeout (a frozen Redis answers nothing: every socket has a timeout) ->
+`unavailable`; `OOM command not allowed` at maxmemory -> `oom`; a read-only
+replica -> `readonly`; any other error reply -> `error`. The writer retries each
+with backoff and reads nothing meanwhile. A retried batch is idempotent: rows
+already written carry the same timestamp and Feast skips them.
+
+Every write re-arms a Redis TTL on the entity's hash (`key_ttl_s`, the views'
+TTL): an entity that stops getting rows leaves Redis by itself.
+
 Feast skips a row whose timestamp is not strictly newer than the stored one;
 `streaming.entities` guarantees strictly increasing `timestamp_us` per key.
 """
@@ -21,7 +32,7 @@ import redis
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import DoubleList, StringList, Value
 
-from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
+from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW, item_stream_features, user_stream_features
 from feature_repo.store import open_store
 from features.definitions import ITEM_FEATURES, USER_FEATURES, FeatureValue
 from streaming.entities import FeatureRow
@@ -48,19 +59,50 @@ def to_value(dtype: str, value: FeatureValue) -> Value:
     raise ValueError(f"feature value {value!r} does not fit dtype {dtype}")
 
 
+# Seconds: a frozen Redis must raise within the backoff's reach instead of hanging the sink.
+SOCKET_TIMEOUT_S = 5
+CONNECT_TIMEOUT_S = 2
+KEY_TTL_S = max(int(view.ttl.total_seconds()) for view in (user_stream_features, item_stream_features) if view.ttl)
+
+
+def with_timeouts(connection_string: str) -> str:
+    """Feast's connection string with socket timeouts added (Feast JSON-parses `name=value` options)."""
+    options = {part.partition("=")[0] for part in connection_string.split(",") if "=" in part}
+    extra = [
+        f"{name}={value}"
+        for name, value in (("socket_timeout", SOCKET_TIMEOUT_S), ("socket_connect_timeout", CONNECT_TIMEOUT_S))
+        if name not in options
+    ]
+    return ",".join([connection_string, *extra])
+
+
+def refusal(error: Exception) -> OnlineStoreUnavailable | None:
+    """What a Redis error means for the writer, or None if it is not a Redis refusal."""
+    if isinstance(error, redis.ReadOnlyError):
+        return OnlineStoreUnavailable("Redis is a read-only replica", retry_after_s=1.0, cause="readonly")
+    if isinstance(error, redis.ResponseError):
+        if str(error).startswith("OOM"):
+            return OnlineStoreUnavailable("Redis is at maxmemory", retry_after_s=1.0, cause="oom")
+        return OnlineStoreUnavailable(f"Redis error reply: {str(error)[:200]}", retry_after_s=1.0, cause="error")
+    if isinstance(error, (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)):
+        return OnlineStoreUnavailable(type(error).__name__, retry_after_s=0.5)
+    return None
+
+
 def timestamp_of(timestamp_us: int) -> datetime:
     return EPOCH + timedelta(microseconds=timestamp_us)
 
 
 class OnlineStoreSink:
-    def __init__(self, redis_address: str, registry_path: Path | str) -> None:
-        self.redis_address = redis_address
+    def __init__(self, redis_address: str, registry_path: Path | str, key_ttl_s: int | None = KEY_TTL_S) -> None:
+        self.redis_address = with_timeouts(redis_address)
         self.registry_path = registry_path
+        self.key_ttl_s = key_ttl_s
         self._store: Any = None
         self._views: dict[str, Any] = {}
 
     def open(self) -> None:
-        self._store = open_store(self.redis_address, self.registry_path)
+        self._store = open_store(self.redis_address, self.registry_path, self.key_ttl_s)
         self._views = {name: self._store.get_feature_view(name) for name in (USER_VIEW, ITEM_VIEW)}
         self._check()
 
@@ -68,11 +110,17 @@ class OnlineStoreSink:
         address, *options = self.redis_address.split(",")
         host, _, port = address.rpartition(":")
         password = next((o.partition("=")[2] for o in options if o.startswith("password=")), None)
-        client = redis.Redis(host=host, port=int(port), password=password, socket_connect_timeout=2, socket_timeout=2)
+        client = redis.Redis(
+            host=host,
+            port=int(port),
+            password=password,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=SOCKET_TIMEOUT_S,
+        )
         try:
             client.ping()
-        except redis.RedisError as error:
-            raise OnlineStoreUnavailable(str(error), retry_after_s=1.0) from error
+        except (redis.RedisError, OSError) as error:
+            raise OnlineStoreUnavailable(str(error)[:200], retry_after_s=1.0) from error
         finally:
             client.close()
 
@@ -89,8 +137,11 @@ class OnlineStoreSink:
         try:
             for view, data in by_view.items():
                 provider.online_write_batch(self._store.config, self._views[view], data, None)
-        except (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError) as error:
-            raise OnlineStoreUnavailable(type(error).__name__, retry_after_s=0.5) from error
+        except Exception as error:
+            refused = refusal(error)
+            if refused is None:
+                raise
+            raise refused from error
 
     def close(self) -> None:
         self._store = None

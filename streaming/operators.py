@@ -23,62 +23,44 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pyarrow.parquet as pq
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 from pyflink.common import Types
 from pyflink.datastream import OutputTag
-from pyflink.datastream.functions import FlatMapFunction, KeyedProcessFunction, ProcessFunction, RuntimeContext
+from pyflink.datastream.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from feature_repo.definitions import ITEM_VIEW, USER_VIEW
-from features.admission import Admission, AdmissionGate
+from features.admission import EVICT_AFTER_MS, AdmissionGate
 from features.codec import EventCodec
-from features.events import InteractionEvent, validate
+from features.events import InteractionEvent
 from features.item import ItemFeatures
 from features.user import UserFeatures
 from streaming import metrics
+from streaming.dlq import DeadLetterSink
 from streaming.entities import CachedObjects, EntityTable, FeatureRow, RowClock
-from streaming.errors import OnlineStoreUnavailable
+from streaming.errors import DlqUnavailable, OnlineStoreUnavailable
 from streaming.online_store import OnlineStoreSink
+from streaming.partition import (
+    DeadLetter,
+    ItemBatch,
+    Layout,
+    PartitionMeta,
+    PartitionProcessor,
+    PartitionState,
+    ProcessorConfig,
+    layout_problem,
+)
 from streaming.settings import StreamSettings
 
 log = logging.getLogger("freshrank.stream")
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A record refused by the job, with where it came from and why."""
-
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    reason: str
-    kind: str  # invalid | late
-
-
-# Elements crossing operators are pickled; a frozen slots dataclass unpickles through
-# dataclasses.fields() per object (a tenth of the job's time in a profile), a tuple does not.
-EventFields = tuple[Any, ...]
-_event_fields = attrgetter(*(field.name for field in fields(InteractionEvent)))
-
-
-class ItemBatch(NamedTuple):
-    """Admitted events of one poll whose items fall in one bucket (as field tuples)."""
-
-    bucket: int
-    events: list[EventFields]
-
-
-DLQ = OutputTag("dlq", Types.PICKLED_BYTE_ARRAY())
 ITEM_EVENTS = OutputTag("item-events", Types.PICKLED_BYTE_ARRAY())
 
 
@@ -86,8 +68,29 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def item_bucket(item_id: str, buckets: int) -> int:
-    return zlib.crc32(item_id.encode()) % buckets
+def task_info(runtime_context: RuntimeContext) -> tuple[int, int]:
+    """(subtask index, attempt number) of the running task.
+
+    PyFlink 2.3's thread-mode context calls `getIndexOfThisSubtask()` on the Java
+    RuntimeContext, which Flink 2 moved to `getTaskInfo()`: it raises. Ask the Java
+    object directly there.
+    """
+    try:
+        return runtime_context.get_index_of_this_subtask(), runtime_context.get_attempt_number()
+    except Exception:
+        info = runtime_context._runtime_context.getTaskInfo()
+        return int(info.getIndexOfThisSubtask()), int(info.getAttemptNumber())
+
+
+class Backoff:
+    """Exponential delays between retries of an external write: 0.1 s doubling to 5 s."""
+
+    def __init__(self) -> None:
+        self.delay = 0.1
+
+    def wait(self, at_least_s: float = 0.0) -> None:
+        time.sleep(max(self.delay, at_least_s))
+        self.delay = min(self.delay * 2, 5.0)
 
 
 class TableTimers:
@@ -119,38 +122,89 @@ class TableTimers:
 # --- reading and user features ---------------------------------------------------
 
 
-class PartitionFanOut(FlatMapFunction):  # type: ignore[misc]
-    """Turns each tick into one poll request per partition; finds partitions added while running."""
+class PartitionFanOut(KeyedProcessFunction):  # type: ignore[misc]
+    """Turns each tick into one poll request (partition, partition count, topic id) per partition.
+
+    Keyed by a constant, so the layout the job's state was built with (partition
+    count, item buckets) is one value in keyed state, checkpointed with the rest.
+    A layout that differs from it (partitions added, ITEM_BUCKETS changed, at run
+    time or across a restore) stops every poll, says why in the log, in
+    `freshrank_stream_layout_mismatch` and in `freshrank status`: reading on
+    would split users and items over two keys' state.
+    The topic id rides along so a partition can tell a recreated topic.
+    """
 
     def __init__(self, settings: StreamSettings) -> None:
         self.settings = settings
         self._partitions: list[int] = []
+        self._topic_id = ""
         self._refreshed = 0.0
+        self._warned = 0.0
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self._admin = AdminClient(self.settings.kafka_config())
+        self._layout_state = runtime_context.get_state(ValueStateDescriptor("layout", Types.PICKLED_BYTE_ARRAY()))
 
-    def flat_map(self, value: Any) -> Iterator[int]:
+    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[tuple[int, int, str]]:
         if time.monotonic() - self._refreshed > self.settings.partition_refresh_s or not self._partitions:
             self._refresh()
-        yield from self._partitions
+        if not self._partitions:
+            return
+        running = Layout(len(self._partitions), self.settings.item_buckets)
+        data = self._layout_state.value()
+        if data is None:
+            self._layout_state.update(running.to_bytes())
+        else:
+            problem = layout_problem(Layout.from_bytes(data), running)
+            if problem is not None:
+                metrics.LAYOUT_MISMATCH.set(1)
+                metrics.READING_PAUSED.labels("layout").set(1)
+                if time.monotonic() - self._warned > 30:
+                    self._warned = time.monotonic()
+                    log.error("reading stopped: %s", problem)
+                return
+        count = running.partitions
+        for partition in self._partitions:
+            yield partition, count, self._topic_id
 
     def _refresh(self) -> None:
+        topic_name = self.settings.topic
         try:
-            topic = self._admin.list_topics(self.settings.topic, timeout=5).topics.get(self.settings.topic)
+            topic = self._admin.list_topics(topic_name, timeout=5).topics.get(topic_name)
         except Exception as error:  # broker briefly away: keep polling the partitions we know
             log.warning("partition discovery failed: %s", error)
             return
-        if topic is not None and topic.error is None:
+        if topic is not None and topic.error is None and topic.partitions:
             found = sorted(topic.partitions)
             if found != self._partitions:
-                log.info("reading %s partitions %s", self.settings.topic, found)
+                log.info("reading %s partitions %s", topic_name, found)
             self._partitions = found
+        try:
+            described = self._admin.describe_topics(TopicCollection([topic_name]))[topic_name].result(timeout=5)
+            self._topic_id = str(described.topic_id or "")
+        except Exception as error:  # an old broker or an ACL: recreation then goes unnoticed (README)
+            log.debug("topic id of %s unknown: %s", topic_name, error)
         self._refreshed = time.monotonic()
+
+
+class OffsetReset(NamedTuple):
+    """A stored offset the log no longer has, and where reading resumes."""
+
+    partition: int
+    stored: int
+    resume_at: int
+    cause: str  # retention: records before the log start are gone | log_reset: the log ends before it
 
 
 class KafkaPartitionReader:
     """Reads the records of one partition from an offset the caller owns (kept in Flink state).
+
+    Out-of-range policy: librdkafka is told to report (`auto.offset.reset=error`)
+    instead of silently jumping to the end. A stored offset below the log start
+    (retention passed) resumes at the earliest record and counts the records gone;
+    one past the log end (the topic was recreated, or a memory-only broker restarted)
+    resumes at the earliest record of the new log. Both are logged and counted in
+    `freshrank_stream_offset_resets_total`; nothing is skipped silently.
 
     Offsets are committed to Kafka only so lag can be watched; they are never read back.
     """
@@ -160,7 +214,7 @@ class KafkaPartitionReader:
         self._consumers: dict[int, Any] = {}
         self._committed = time.monotonic()
 
-    def read(self, partition: int, next_offset: int) -> list[Any]:
+    def _consumer(self, partition: int, next_offset: int) -> Any:
         consumer = self._consumers.get(partition)
         if consumer is None:
             consumer = Consumer(
@@ -169,13 +223,70 @@ class KafkaPartitionReader:
                     "group.id": self.settings.consumer_group,
                     "enable.auto.commit": False,
                     "enable.auto.offset.store": False,
+                    "auto.offset.reset": "error",
                     "fetch.wait.max.ms": 20,
+                    "queued.max.messages.kbytes": self.settings.consumer_queue_kbytes,
+                    "fetch.max.bytes": 4 * 1024 * 1024,
+                    "max.partition.fetch.bytes": 1024 * 1024,
                 }
             )
             consumer.assign([TopicPartition(self.settings.topic, partition, next_offset)])
             self._consumers[partition] = consumer
+        return consumer
+
+    def read(self, partition: int, next_offset: int) -> tuple[list[Any], OffsetReset | None]:
+        consumer = self._consumer(partition, next_offset)
         messages: list[Any] = consumer.consume(self.settings.max_records_per_poll, 0)
-        return messages
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                records.append(message)
+            elif error.code() in (KafkaError._AUTO_OFFSET_RESET, KafkaError.OFFSET_OUT_OF_RANGE):
+                return records, self._reset(partition, next_offset, consumer)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                log.warning("partition %s: %s", partition, error)
+        return records, None
+
+    def _reset(self, partition: int, stored: int, consumer: Any) -> OffsetReset | None:
+        tp = TopicPartition(self.settings.topic, partition)
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+        except Exception as error:  # broker away: try again on the next poll
+            log.warning("partition %s: offset %s out of range, watermarks unknown: %s", partition, stored, error)
+            return None
+        if low <= stored <= high:
+            return None  # a transient answer: keep reading from the stored offset
+        cause = "retention" if stored < low else "log_reset"
+        consumer.assign([TopicPartition(self.settings.topic, partition, low)])
+        metrics.OFFSET_RESETS.labels(str(partition), cause).inc()
+        if cause == "retention":
+            metrics.RECORDS_SKIPPED.labels(str(partition)).inc(low - stored)
+            log.error(
+                "partition %s: offset %s is before the log start %s (retention passed): %s records are gone; "
+                "resuming at %s",
+                partition,
+                stored,
+                low,
+                low - stored,
+                low,
+            )
+        else:
+            log.error(
+                "partition %s: offset %s is past the log end %s: the topic was recreated or the broker lost its log; "
+                "resuming at the earliest offset %s",
+                partition,
+                stored,
+                high,
+                low,
+            )
+        return OffsetReset(partition, stored, low, cause)
+
+    def seek(self, partition: int, offset: int) -> None:
+        """Read `partition` from `offset` next (a recreated topic restarts at 0)."""
+        consumer = self._consumers.get(partition)
+        if consumer is not None:
+            consumer.assign([TopicPartition(self.settings.topic, partition, offset)])
 
     def report(self, partition: int, next_offset: int) -> None:
         consumer = self._consumers[partition]
@@ -183,7 +294,7 @@ class KafkaPartitionReader:
         # The high watermark cached from fetch responses: Tansu's ListOffsets is unreliable.
         _low, high = consumer.get_watermark_offsets(tp, cached=True)
         if high is not None and high >= 0:
-            metrics.CONSUMER_LAG.labels(str(partition)).set(max(0, high - next_offset))
+            metrics.CONSUMER_LAG.labels(str(partition)).set(high - next_offset)
         if time.monotonic() - self._committed > 5:
             self._committed = time.monotonic()
             try:
@@ -197,153 +308,194 @@ class KafkaPartitionReader:
 
 
 class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
-    """Keyed by partition: read, decode, validate, admit (dedup, lateness), user features.
+    """Keyed by partition: read, then `PartitionProcessor` (streaming/partition.py) does the rest.
 
-    Emits due user rows as one batch, and the admitted events grouped by item
-    bucket on the ITEM_EVENTS side output; refused records go to DLQ.
+    Order per poll: process in memory, write the dead letters and wait for their
+    delivery reports (retrying, and reading nothing else, while the DLQ refuses),
+    then emit rows and item batches and save the state. A checkpoint therefore
+    never holds an offset past a refused record that is not on the DLQ.
     """
 
     def __init__(self, settings: StreamSettings) -> None:
         self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        # First, so a task that fails to open still counts as a restart.
+        metrics.serve(self.settings.metrics_port)
+        metrics.task_opened("UserFeaturesByPartition", *task_info(runtime_context))
         bytes_type = Types.PICKLED_BYTE_ARRAY()
-        self._offset = runtime_context.get_state(ValueStateDescriptor("next_offset", Types.LONG()))
+        self._meta = runtime_context.get_state(ValueStateDescriptor("partition_meta", bytes_type))
         self._gate_store = runtime_context.get_map_state(MapStateDescriptor("gates", Types.STRING(), bytes_type))
         self._user_store = runtime_context.get_map_state(MapStateDescriptor("users", Types.STRING(), bytes_type))
         self._schedule_store = runtime_context.get_map_state(
             MapStateDescriptor("user_schedules", Types.STRING(), bytes_type)
         )
-        self._reader = KafkaPartitionReader(self.settings)
-        self._codec = EventCodec()
-        self._catalog = Catalog(self.settings.catalog_path)
+        settings = self.settings
+        self._reader = KafkaPartitionReader(settings)
+        self._catalog = Catalog(settings.catalog_path)
+        self._processor = PartitionProcessor(
+            ProcessorConfig(
+                lateness_ms=settings.lateness_ms,
+                max_skew_ms=settings.max_ingest_skew_ms,
+                item_buckets=settings.item_buckets,
+                max_dlq_value_bytes=settings.max_dlq_record_bytes,
+            ),
+            self._catalog.category,
+            EventCodec(),
+        )
+        self._dlq = DeadLetterSink(settings.kafka_config(), settings.dlq_topic, settings.topic)
+        self._dlq.open()
         self._clock = RowClock()
         self._timers = TableTimers()
-        self._gates: dict[int, CachedObjects[AdmissionGate]] = {}
-        self._tables: dict[int, EntityTable[UserFeatures]] = {}
+        self._states: dict[int, PartitionState] = {}
         self._heartbeat = 0.0
-        metrics.serve(self.settings.metrics_port)
 
-    def _state_of(self, partition: int) -> tuple[CachedObjects[AdmissionGate], EntityTable[UserFeatures]]:
-        table = self._tables.get(partition)
-        if table is None:  # first touch of this partition by this instance (also after a restore)
+    def _state_of(self, partition: int) -> PartitionState:
+        state = self._states.get(partition)
+        if state is None:  # first touch of this partition by this instance (also after a restore)
             lateness = self.settings.lateness_ms
-            self._gates[partition] = CachedObjects(
+            data = self._meta.value()
+            meta = PartitionMeta.from_bytes(data) if data is not None else PartitionMeta()
+            gates = CachedObjects(
                 self._gate_store,
                 lambda data: AdmissionGate.from_bytes(data, lateness),
                 lambda: AdmissionGate(lateness),
-                self.settings.entity_cache_size,
+                1,
             )
-            users = CachedObjects(
-                self._user_store, UserFeatures.from_bytes, UserFeatures.empty, self.settings.entity_cache_size
-            )
+            users = CachedObjects(self._user_store, UserFeatures.from_bytes, UserFeatures.empty, 1)
             table = EntityTable(USER_VIEW, users, self._schedule_store, self.settings.flush_interval_ms, self._clock)
-            self._tables[partition] = table
-        return self._gates[partition], table
+            state = self._states[partition] = PartitionState(meta, gates, users=table)
+            # One cache budget per operator instance, split over the partitions it holds.
+            share = max(1, self.settings.entity_cache_size // len(self._states))
+            for held in self._states.values():
+                held.gates.capacity = held.users.aggregates.capacity = share
+        return state
 
-    def process_element(self, partition: int, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        gates, users = self._state_of(partition)
-        next_offset = self._offset.value() or 0
-        messages = self._reader.read(partition, next_offset)
+    def process_element(self, poll: tuple[int, int, str], ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        partition, partition_count, topic_id = poll
+        state = self._state_of(partition)
+        if state.meta.topic_recreated(topic_id):
+            metrics.OFFSET_RESETS.labels(str(partition), "topic_recreated").inc()
+            log.error(
+                "partition %s: topic %s was deleted and recreated (new id %s): reading the new log from offset 0",
+                partition,
+                self.settings.topic,
+                topic_id,
+            )
+            self._reader.seek(partition, 0)
+        records, reset = self._reader.read(partition, state.meta.next_offset)
+        if reset is not None:
+            state.meta.next_offset = reset.resume_at
         clock = now_ms()
-        by_bucket: dict[int, list[EventFields]] = {}
-        buckets = self.settings.item_buckets
-        counts = {Admission.ADMITTED: 0, Admission.DUPLICATE: 0, Admission.LATE: 0}
-        for message in messages:
-            if message.error() is not None:
-                log.warning("partition %s: %s", partition, message.error())
-                continue
-            offset = message.offset()
-            if offset < next_offset:
-                continue  # already processed before a restore
-            next_offset = offset + 1
-            decoded = self._codec.decode(message.value())
-            if isinstance(decoded, InteractionEvent):
-                rejection = validate(decoded, clock)
-                if rejection is None:
-                    event = decoded
-                    gate = gates.get(event.user_id)
-                    admission = gate.admit(event)
-                    counts[admission] += 1
-                    if admission is Admission.DUPLICATE:
-                        continue
-                    gates.changed(event.user_id)
-                    if admission is Admission.LATE:
-                        reason = (
-                            f"late: event_time {event.event_time_ms} is more than "
-                            f"{self.settings.lateness_ms} ms behind the user's newest"
-                        )
-                        yield DLQ, DeadLetter(partition, offset, message.key(), message.value(), reason, "late")
-                        continue
-                    users.aggregate(event.user_id).apply(event, self._catalog.category(event.item_id))
-                    users.changed(event.user_id, clock)
-                    by_bucket.setdefault(item_bucket(event.item_id, buckets), []).append(_event_fields(event))
-                    continue
-                decoded = rejection
-            metrics.EVENTS.labels("invalid").inc()
-            yield DLQ, DeadLetter(partition, offset, message.key(), message.value(), str(decoded), "invalid")
-        for admission, count in counts.items():
-            if count:
-                metrics.EVENTS.labels(admission.value).inc(count)
+        result = self._processor.process(partition, state, records, clock, partition_count)
+        if result.dead_letters:
+            self._write_dead_letters(result.dead_letters)
+        for outcome, count in result.counts.items():
+            metrics.EVENTS.labels(outcome).inc(count)
+        if result.clamped:
+            metrics.CLOCK_SKEW_CLAMPED.inc(result.clamped)
+        if result.evicted:
+            metrics.ENTITIES_EVICTED.labels(USER_VIEW).inc(result.evicted)
+            metrics.ENTITIES.labels(USER_VIEW).set(sum(len(s.users) for s in self._states.values()))
+        by_bucket = result.item_batches
         if time.monotonic() - self._heartbeat > 1.0:
             # Wakes every item bucket once a second, so one that gets no events still emits the
-            # rows it owes (after a restore, too) without depending on restored timers.
+            # rows it owes (after a restore, too) without depending on restored timers, and learns
+            # this partition's clock for its evictions.
             self._heartbeat = time.monotonic()
-            for bucket in range(buckets):
+            metrics.ENTITIES.labels(USER_VIEW).set(sum(len(s.users) for s in self._states.values()))
+            for bucket in range(self.settings.item_buckets):
                 by_bucket.setdefault(bucket, [])
+        meta = state.meta
         for bucket, events in by_bucket.items():
-            yield ITEM_EVENTS, ItemBatch(bucket, events)
-        rows = users.due_rows(clock)
-        if rows:
-            yield rows
-        gates.save(lambda gate: gate.to_bytes())
-        users.save()
-        if messages:
-            self._offset.update(next_offset)
-            self._reader.report(partition, next_offset)
-        self._timers.arm(partition, users.next_due_ms(), ctx)
+            yield ITEM_EVENTS, ItemBatch(bucket, events, partition, meta.clock_ms)
+        if result.user_rows:
+            yield result.user_rows
+        self._meta.update(state.save())
+        if records or reset is not None:
+            self._reader.report(partition, meta.next_offset)
+        self._timers.arm(partition, state.users.next_due_ms(), ctx)
+
+    def _write_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Write until every letter is confirmed; meanwhile this task reads nothing (backpressure)."""
+        backoff = Backoff()
+        owed = letters
+        while True:
+            try:
+                self._dlq.write(owed)
+                break
+            except DlqUnavailable as error:
+                if error.fatal:
+                    raise
+                metrics.DLQ_WRITE_FAILURES.inc(len(error.undelivered))
+                metrics.READING_PAUSED.labels("dlq").set(1)
+                log.error(
+                    "%s to topic %s: reading paused until it can be written; nothing is skipped",
+                    error,
+                    self.settings.dlq_topic,
+                )
+                owed = error.undelivered
+                backoff.wait()
+        metrics.READING_PAUSED.labels("dlq").set(0)
+        for letter in letters:
+            metrics.DLQ_RECORDS.labels(letter.kind).inc()
+            if letter.truncated:
+                metrics.DLQ_TRUNCATED.inc()
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         partition = ctx.get_current_key()
         self._timers.fired(partition, timestamp)
-        _gates, users = self._state_of(partition)
-        rows = users.due_rows(now_ms())
+        state = self._state_of(partition)
+        rows = state.users.due_rows(now_ms())
         if rows:
             yield rows
-        users.save()
-        self._timers.arm(partition, users.next_due_ms(), ctx)
+        state.users.save()
+        self._timers.arm(partition, state.users.next_due_ms(), ctx)
 
     def close(self) -> None:
         self._reader.close()
+        self._dlq.close()
 
 
 # --- item features -----------------------------------------------------------------
 
 
 class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
-    """Keyed by item bucket: item features from admitted events; emits due item rows as one batch."""
+    """Keyed by item bucket: item features from admitted events; emits due item rows as one batch.
+
+    Idle items leave state like idle users, on a clock that is the *slowest*
+    partition's clock this bucket has heard from (kept in state): a partition
+    that runs behind may still carry events of an item, so only time every
+    partition has passed counts.
+    """
 
     def __init__(self, settings: StreamSettings) -> None:
         self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        metrics.task_opened("ItemFeaturesByBucket", *task_info(runtime_context))
         bytes_type = Types.PICKLED_BYTE_ARRAY()
         self._item_store = runtime_context.get_map_state(MapStateDescriptor("items", Types.STRING(), bytes_type))
         self._schedule_store = runtime_context.get_map_state(
             MapStateDescriptor("item_schedules", Types.STRING(), bytes_type)
         )
+        self._clocks = runtime_context.get_map_state(MapStateDescriptor("partition_clocks", Types.INT(), Types.LONG()))
         self._clock = RowClock()
         self._timers = TableTimers()
         self._tables: dict[int, EntityTable[ItemFeatures]] = {}
+        self._partition_clocks: dict[int, dict[int, int]] = {}
+        self._evicted_at: dict[int, float] = {}
 
     def _table(self, bucket: int) -> EntityTable[ItemFeatures]:
         table = self._tables.get(bucket)
         if table is None:
-            items = CachedObjects(
-                self._item_store, ItemFeatures.from_bytes, ItemFeatures.empty, self.settings.entity_cache_size
-            )
+            items = CachedObjects(self._item_store, ItemFeatures.from_bytes, ItemFeatures.empty, 1)
             table = EntityTable(ITEM_VIEW, items, self._schedule_store, self.settings.flush_interval_ms, self._clock)
             self._tables[bucket] = table
+            self._partition_clocks[bucket] = dict(self._clocks.items())
+            share = max(1, self.settings.entity_cache_size // len(self._tables))
+            for held in self._tables.values():
+                held.aggregates.capacity = share
         return table
 
     def process_element(self, batch: ItemBatch, ctx: KeyedProcessFunction.Context) -> Iterator[list[FeatureRow]]:
@@ -352,7 +504,17 @@ class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
         for values in batch.events:
             event = InteractionEvent(*values)
             table.aggregate(event.item_id).apply(event)
-            table.changed(event.item_id, clock)
+            table.changed(event.item_id, clock, event.event_time_ms)
+        clocks = self._partition_clocks[batch.bucket]
+        if batch.partition_clock_ms > clocks.get(batch.partition, 0):
+            clocks[batch.partition] = batch.partition_clock_ms
+            self._clocks.put(batch.partition, batch.partition_clock_ms)
+        if time.monotonic() - self._evicted_at.get(batch.bucket, 0.0) > 10 and clocks:
+            self._evicted_at[batch.bucket] = time.monotonic()
+            gone = table.evict(min(clocks.values()), EVICT_AFTER_MS)
+            if gone:
+                metrics.ENTITIES_EVICTED.labels(ITEM_VIEW).inc(len(gone))
+            metrics.ENTITIES.labels(ITEM_VIEW).set(sum(len(t) for t in self._tables.values()))
         yield from self._emit(batch.bucket, table, clock, ctx)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[list[FeatureRow]]:
@@ -371,12 +533,18 @@ class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
 
 
 class Catalog:
-    """item_id -> category from the batch item catalog (parquet), reloaded when the file changes."""
+    """item_id -> category from the batch item catalog (parquet), reloaded when the file changes.
+
+    A reload that fails (a file half-written by a writer that does not rename, a
+    corrupt or schema-less file) keeps the previous catalog, logs why and counts it
+    in `freshrank_stream_catalog_reload_failures_total`; it is tried again when the
+    file changes. The catalog's own writer (`write_catalog`) replaces it atomically.
+    """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._categories: dict[str, str] = {}
-        self._mtime = 0.0
+        self._mtime: float | None = None
         self._checked = 0.0
 
     def category(self, item_id: str) -> str | None:
@@ -388,34 +556,48 @@ class Catalog:
         assert self.path is not None
         self._checked = time.monotonic()
         try:
-            mtime = self.path.stat().st_mtime
+            stat = self.path.stat()
         except OSError:
             return
-        if mtime != self._mtime:
+        mtime = stat.st_mtime_ns + stat.st_size  # both: a rewrite within one mtime tick still counts
+        if mtime == self._mtime:
+            return
+        self._mtime = mtime
+        try:
             table = pq.read_table(self.path, columns=["item_id", "category"])
-            self._categories = dict(zip(table["item_id"].to_pylist(), table["category"].to_pylist(), strict=True))
-            self._mtime = mtime
+            categories = dict(zip(table["item_id"].to_pylist(), table["category"].to_pylist(), strict=True))
+        except Exception as error:  # pyarrow raises several types for a bad file
+            metrics.CATALOG_RELOAD_FAILURES.inc()
+            log.error("catalog %s unreadable, keeping the previous one (%s items): %s", self.path, len(self), error)
+            return
+        self._categories = {str(k): v for k, v in categories.items() if k is not None and isinstance(v, str)}
+        log.info("catalog %s loaded: %s items", self.path, len(self._categories))
+
+    def __len__(self) -> int:
+        return len(self._categories)
 
 
 # --- writing -------------------------------------------------------------------
 
 
 class OnlineStoreWriter(ProcessFunction):  # type: ignore[misc]
-    """Writes each row batch to the online store before taking the next; blocks and retries while Redis is down.
+    """Writes each row batch to the online store before taking the next; blocks and retries while Redis refuses.
 
     Needs no state: a checkpoint barrier reaches this operator only after every
-    batch emitted before it has been written. Blocking on a down Redis is the
-    backpressure: the readers stop reading until it is back, nothing is dropped.
+    batch emitted before it has been written. Blocking on a refusing Redis (down,
+    frozen, out of memory, read-only replica) is the backpressure: the readers
+    stop reading until it takes writes again, nothing is dropped.
     """
 
     def __init__(self, settings: StreamSettings) -> None:
         self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        metrics.serve(self.settings.metrics_port)
+        metrics.task_opened("OnlineStoreSink", *task_info(runtime_context))
         self._sink = OnlineStoreSink(self.settings.redis_connection_string(), self.settings.feast_registry)
         self._freshness = metrics.RecentFreshness(self.settings.freshness_window_s)
         self._retry(self._sink.open)
-        metrics.serve(self.settings.metrics_port)
 
     def process_element(self, rows: list[FeatureRow], ctx: ProcessFunction.Context) -> Iterator[None]:
         self._retry(lambda: self._sink.write(rows))
@@ -428,44 +610,20 @@ class OnlineStoreWriter(ProcessFunction):  # type: ignore[misc]
         return iter(())  # a sink: PyFlink still wants an iterable back
 
     def _retry(self, action: Any) -> None:
-        delay = 0.1
+        backoff = Backoff()
+        logged = 0.0
         while True:
             try:
                 action()
+                metrics.READING_PAUSED.labels("online_store").set(0)
                 return
             except OnlineStoreUnavailable as error:
-                metrics.SINK_RETRIES.inc()
-                log.warning("%s", error)
-                time.sleep(max(delay, error.retry_after_s))
-                delay = min(delay * 2, 5.0)
+                metrics.SINK_RETRIES.labels(error.cause).inc()
+                metrics.READING_PAUSED.labels("online_store").set(1)
+                if time.monotonic() - logged > 10:
+                    logged = time.monotonic()
+                    log.warning("%s", error)
+                backoff.wait(error.retry_after_s)
 
     def close(self) -> None:
         self._sink.close()
-
-
-class DlqWriter(ProcessFunction):  # type: ignore[misc]
-    """Produces refused records to the DLQ topic, reason and origin in headers; waits for each ack."""
-
-    def __init__(self, settings: StreamSettings) -> None:
-        self.settings = settings
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        self._producer = Producer({**self.settings.kafka_config(), "enable.idempotence": True})
-
-    def process_element(self, letter: DeadLetter, ctx: ProcessFunction.Context) -> Iterator[None]:
-        headers: list[tuple[str, str | bytes | None]] = [
-            ("reason", letter.reason.encode()),
-            ("kind", letter.kind.encode()),
-            ("source.topic", self.settings.topic.encode()),
-            ("source.partition", str(letter.partition).encode()),
-            ("source.offset", str(letter.offset).encode()),
-        ]
-        self._producer.produce(self.settings.dlq_topic, key=letter.key, value=letter.value, headers=headers)
-        metrics.DLQ_RECORDS.labels(letter.kind).inc()
-        # DLQ records are rare; waiting for the ack keeps them from being lost in a crash.
-        while self._producer.flush(5) > 0:
-            log.warning("DLQ write to %s not acknowledged yet; retrying", self.settings.dlq_topic)
-        return iter(())
-
-    def close(self) -> None:
-        self._producer.flush(10)

@@ -47,7 +47,20 @@ class StreamSettings(BaseSettings):
         16, gt=0, description="Flink keys of the item operator; items are spread over them by hash of item_id."
     )
     entity_cache_size: int = Field(
-        100_000, gt=0, description="Decoded aggregates kept in memory per operator key (state holds them all)."
+        100_000,
+        gt=0,
+        description="Decoded aggregates kept in memory per operator instance, shared by its keys (state holds all).",
+    )
+    max_ingest_skew_ms: int = Field(
+        60_000,
+        ge=0,
+        description="Event time ahead of the record timestamp by more than this is clamped (clock-skewed clients).",
+    )
+    max_dlq_record_bytes: int = Field(
+        512 * 1024, gt=1024, description="A refused record larger than this is written to the DLQ cut to this size."
+    )
+    consumer_queue_kbytes: int = Field(
+        4096, gt=0, description="Prefetch bound of each partition consumer (librdkafka queued.max.messages.kbytes)."
     )
     partition_refresh_s: float = Field(10.0, gt=0, description="How often new partitions are looked for.")
     lateness_ms: int = Field(
@@ -57,6 +70,10 @@ class StreamSettings(BaseSettings):
     )
     flush_interval_ms: int = Field(100, gt=0, description="A key emits at most one row per interval (coalescing).")
     metrics_port: int = Field(9464, ge=0, description="Prometheus /metrics of the job; 0 disables.")
+    flink_log_dir: Path = Field(
+        Path(".freshrank/logs/flink"),
+        description="Where the local mini-cluster writes Flink's log, operators' log lines included (FLINK_LOG_DIR).",
+    )
     freshness_window_s: float = Field(60.0, gt=0, description="Window of the freshness p50/p99 gauges.")
 
     @model_validator(mode="after")

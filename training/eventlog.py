@@ -20,6 +20,7 @@ import fastavro
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.admission import MAX_INGEST_SKEW_MS, at_ingest
 from features.codec import EventCodec, from_record, to_record
 from features.events import InteractionEvent, Rejection
 from training.errors import SourceError
@@ -47,6 +48,10 @@ class ReadStats:
     read: int = 0
     rejected: int = 0
     """Records a DLQ would get: undecodable or not matching the event contract."""
+    clamped: int = 0
+    """Events whose event time ran ahead of their record timestamp, clamped as the stream job clamps."""
+    stale: int = 0
+    """Events over a day older than their record timestamp: late in the stream job whatever the user's state."""
 
 
 def write_events(events: Iterable[InteractionEvent], path: Path) -> int:
@@ -108,8 +113,13 @@ def read_topic(
     timeout_s: float = 60.0,
     idle_s: float = 2.0,
     extra_config: dict[str, Any] | None = None,
+    max_skew_ms: int = MAX_INGEST_SKEW_MS,
 ) -> Iterator[InteractionEvent]:
     """Every event in `topic`, from the first offset until the log is drained.
+
+    Each event is seen as the stream job sees it at its record timestamp
+    (`features.admission.at_ingest`): clamped to the timestamp + `max_skew_ms`,
+    dropped if over a day older than it; the rest of admission is `admitted_events`.
 
     Assigns all partitions explicitly (no consumer group, nothing committed) because the
     training replay must see the whole log. Drained = every partition has reached the
@@ -117,7 +127,7 @@ def read_topic(
     watermark alone is not trusted, as the embedded broker (Tansu) reports too low a
     one. Per-user log order is kept (the topic is keyed by user_id, one partition per user).
     """
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+    from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, TopicPartition
 
     stats = stats if stats is not None else ReadStats()
     codec = EventCodec()
@@ -158,10 +168,16 @@ def read_topic(
                 if offset is not None and partition is not None:
                     position[partition] = max(position.get(partition, 0), offset + 1)
                 stats.read += 1
-                event = codec.decode(message.value())
-                if isinstance(event, Rejection):
+                decoded = codec.decode(message.value())
+                if isinstance(decoded, Rejection):
                     stats.rejected += 1
                     continue
+                kind, stamp = message.timestamp()
+                event = at_ingest(decoded, stamp if kind != TIMESTAMP_NOT_AVAILABLE else None, max_skew_ms)
+                if event is None:
+                    stats.stale += 1
+                    continue
+                stats.clamped += event is not decoded
                 yield event
     except KafkaException as error:
         raise SourceError(f"reading {topic!r} from {bootstrap_servers} failed: {error}") from None

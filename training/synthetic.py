@@ -48,6 +48,7 @@ Generator streams are only stable within a version). Only `write_catalog`,
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -790,8 +791,18 @@ class _Run:
 
 
 def _write(table: Any, path: Path) -> None:
+    """Write parquet atomically: a temporary file in the same directory, then rename.
+
+    The stream job and the feed API reload the catalog when it changes; they must
+    never see a half-written file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        pq.write_table(table, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def write_catalog(items: Iterable[CatalogItem], path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from features.definitions import ITEM_FEATURES, USER_FEATURES
 from features.events import InteractionEvent
 from features.item import replay_item
 from features.user import replay_user
+from sdk.publisher import wall_clock_ms
+from training.synthetic import SyntheticWorld, WorldConfig
 
 
 @dataclass
@@ -64,6 +67,7 @@ class StreamJob:
             "FRESHRANK_STREAM_CHECKPOINT_DIR": str(work_dir / "checkpoints"),
             "FRESHRANK_STREAM_CATALOG_PATH": str(catalog),
             "FRESHRANK_STREAM_METRICS_PORT": str(port),
+            "FRESHRANK_STREAM_FLINK_LOG_DIR": str(work_dir / "flink-logs"),
         }
         env.update({f"FRESHRANK_STREAM_{name.upper()}": value for name, value in settings.items()})
         return StreamJob(env, work_dir / "stream.log", port)
@@ -89,6 +93,11 @@ class StreamJob:
                 os.killpg(self.process.pid, sig)
             self.process.wait(60)
 
+    def flink_log(self) -> str:
+        """Flink's log of this job's work dir: the operators' log lines are here."""
+        logs = sorted((Path(self.env["FRESHRANK_STREAM_FLINK_LOG_DIR"])).glob("*.log"))
+        return "".join(path.read_text(errors="replace") for path in logs)
+
     def metric(self, name: str) -> float:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=3) as response:
@@ -98,16 +107,36 @@ class StreamJob:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
-def produce_raw(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
-    for key, value in records:
-        producer.produce(topic, key=key, value=value)
+def produce_raw(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], timestamps: list[int] | None = None
+) -> None:
+    """Produce as the SDK partitions (murmur2 on the key); `timestamps` sets each record's CreateTime."""
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "partitioner": "murmur2_random",
+            "message.max.bytes": 2_000_000,
+        }
+    )
+    failures: list[Any] = []
+    for index, (key, value) in enumerate(records):
+        stamp = {"timestamp": timestamps[index]} if timestamps is not None else {}
+        producer.produce(topic, key=key, value=value, on_delivery=lambda e, _m: e and failures.append(e), **stamp)
         producer.poll(0)
-    assert producer.flush(60) == 0
+    assert producer.flush(60) == 0 and not failures, failures[:3]
 
 
 def read_topic(bootstrap: str, topic: str, partitions: int = 1, quiet_s: float = 3.0) -> list[Any]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-dlq-reader", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "test-dlq-reader",
+            "enable.auto.commit": False,
+            "fetch.message.max.bytes": 4 * 1024 * 1024,
+        }
+    )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     messages, last = [], time.monotonic()
     try:
@@ -122,15 +151,44 @@ def read_topic(bootstrap: str, topic: str, partitions: int = 1, quiet_s: float =
 
 
 def expected_features(
-    events_in_log_order: list[InteractionEvent], categories: dict[str, str], lateness_ms: int
+    events_in_log_order: list[InteractionEvent],
+    categories: dict[str, str],
+    lateness_ms: int,
+    ingest_times: list[int | None] | None = None,
 ) -> tuple[dict[str, list[InteractionEvent]], dict[str, list[InteractionEvent]]]:
-    """Admitted events grouped by user and by item: the input of the pure replay."""
+    """Admitted events grouped by user and by item: the input of the pure replay.
+
+    `ingest_times` (the records' timestamps, see `logged_events`) apply the clock-skew
+    and staleness rules as the job applies them.
+    """
     by_user: dict[str, list[InteractionEvent]] = defaultdict(list)
     by_item: dict[str, list[InteractionEvent]] = defaultdict(list)
-    for event in admitted_events(events_in_log_order, lateness_ms):
+    for event in admitted_events(events_in_log_order, lateness_ms, ingest_times):
         by_user[event.user_id].append(event)
         by_item[event.item_id].append(event)
     return by_user, by_item
+
+
+def logged_events(bootstrap: str, topic: str, partitions: int) -> tuple[list[InteractionEvent], list[int | None]]:
+    """The decodable events of `topic` in per-partition log order, with their record timestamps."""
+    codec = EventCodec()
+    events: list[InteractionEvent] = []
+    times: list[int | None] = []
+    messages = read_topic(bootstrap, topic, partitions)
+    for message in sorted(messages, key=lambda m: (m.partition(), m.offset())):
+        event = codec.decode(message.value())
+        if isinstance(event, InteractionEvent):
+            events.append(event)
+            times.append(message.timestamp()[1])
+    return events, times
+
+
+def wait_until(condition: Any, timeout_s: float, what: str) -> None:
+    """Poll `condition()` until true; fail with `what` if it never is."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
 
 
 def online_rows(redis_address: str, registry: Path, view: str, ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -198,3 +256,22 @@ def encoded(events: list[InteractionEvent]) -> Iterator[tuple[bytes, bytes]]:
     codec = EventCodec()
     for event in events:
         yield event.user_id.encode(), codec.encode(event)
+
+
+def world_events(count: int, seed: int) -> tuple[list[InteractionEvent], dict[str, str], SyntheticWorld]:
+    world = SyntheticWorld(
+        WorldConfig(users=150, items=120, seed=seed, rate=count / 20, seconds=20, start_ms=wall_clock_ms() - 60_000)
+    )
+    events = list(world.events())
+    return events, {item.item_id: item.category for item in world.catalog()}, world
+
+
+def with_resends_and_disorder(events: list[InteractionEvent], seed: int) -> list[InteractionEvent]:
+    """Resend 5% of events later in the log, and swap some neighbours so event time goes backwards."""
+    rng = random.Random(seed)
+    log = list(events)
+    for index in range(0, len(log) - 1, 7):
+        log[index], log[index + 1] = log[index + 1], log[index]
+    for event in rng.sample(events, len(events) // 20):
+        log.insert(rng.randrange(log.index(event) + 1, len(log) + 1), event)
+    return log

@@ -8,7 +8,6 @@ the admitted events, as of the `as_of_ms` each row carries.
 
 from __future__ import annotations
 
-import random
 import signal
 import time
 from collections.abc import Iterator
@@ -28,29 +27,12 @@ from tests.integration.streamjob import (
     produce_raw,
     read_topic,
     wait_exact,
+    with_resends_and_disorder,
+    world_events,
 )
-from training.synthetic import SyntheticWorld, WorldConfig, write_catalog
+from training.synthetic import write_catalog
 
 LATENESS_MS = 300_000
-
-
-def world_events(count: int, seed: int) -> tuple[list[InteractionEvent], dict[str, str], SyntheticWorld]:
-    world = SyntheticWorld(
-        WorldConfig(users=150, items=120, seed=seed, rate=count / 20, seconds=20, start_ms=wall_clock_ms() - 60_000)
-    )
-    events = list(world.events())
-    return events, {item.item_id: item.category for item in world.catalog()}, world
-
-
-def with_resends_and_disorder(events: list[InteractionEvent], seed: int) -> list[InteractionEvent]:
-    """Resend 5% of events later in the log, and swap some neighbours so event time goes backwards."""
-    rng = random.Random(seed)
-    log = list(events)
-    for index in range(0, len(log) - 1, 7):
-        log[index], log[index + 1] = log[index + 1], log[index]
-    for event in rng.sample(events, len(events) // 20):
-        log.insert(rng.randrange(log.index(event) + 1, len(log) + 1), event)
-    return log
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from features.admission import Admission, AdmissionGate, admitted_events
+from features.admission import EVICT_AFTER_MS, STALE_MS, Admission, AdmissionGate, admitted_events, at_ingest
 from tests.factories import NOW_MS, make_event
 
 
@@ -68,3 +68,30 @@ def test_admits_exactly_the_brute_force_definition(times: list[int], seed: int) 
         newest = event.event_time_ms if newest is None else max(newest, event.event_time_ms)
         expected.append(event)
     assert list(admitted_events(events, bound)) == expected
+
+
+def test_the_replay_clamps_a_clock_skewed_event_as_the_job_does() -> None:
+    """One event an hour ahead of its record timestamp must not make the user's next events late."""
+    skewed = make_event(event_id="ahead", event_time_ms=NOW_MS + 59 * 60_000)
+    present = [make_event(event_id=f"p{i}", event_time_ms=NOW_MS + i) for i in range(10)]
+    ingest = [NOW_MS] * 11
+    admitted = list(admitted_events([skewed, *present], 300_000, ingest, max_skew_ms=60_000))
+    assert len(admitted) == 11
+    assert admitted[0].event_time_ms == NOW_MS + 60_000  # clamped to ingest + max skew
+    assert list(admitted_events([skewed, *present], 300_000)) == [skewed]  # without ingest times: late
+
+
+def test_an_event_a_day_older_than_its_ingest_time_is_late_and_leaves_no_trace() -> None:
+    stale = make_event(event_id="old", event_time_ms=NOW_MS - STALE_MS - 1)
+    gate = AdmissionGate(lateness_ms=300_000)
+    assert gate.admit(stale, ingest_ms=NOW_MS) is Admission.LATE
+    assert gate.newest_ms is None and len(gate) == 0
+    assert at_ingest(stale, NOW_MS, 60_000) is None
+    assert at_ingest(stale, None, 60_000) is stale
+
+
+def test_a_gate_is_evictable_only_long_after_its_newest_event() -> None:
+    gate = AdmissionGate(lateness_ms=300_000)
+    gate.admit(make_event(event_time_ms=NOW_MS))
+    assert not gate.evictable(NOW_MS + EVICT_AFTER_MS)
+    assert gate.evictable(NOW_MS + EVICT_AFTER_MS + 1)

@@ -27,7 +27,7 @@ class Stores:
 
 def apply(table: EntityTable[ItemFeatures], e: InteractionEvent, now: int) -> None:
     table.aggregate(e.item_id).apply(e)
-    table.changed(e.item_id, now)
+    table.changed(e.item_id, now, e.event_time_ms)
 
 
 def test_changes_within_the_flush_interval_make_one_row_with_all_of_them() -> None:

@@ -1,0 +1,60 @@
+# ruff: noqa: F811 - the imported fixtures are parameters of the fixtures below
+"""Fault suites reuse the integration fixtures: a real broker, Redis and Feast registry per session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from cli.stack import Component
+from tests.integration.conftest import (  # noqa: F401 - fixtures
+    bootstrap,
+    broker,
+    dlq_topic,
+    feast_registry,
+    fresh_topic,
+    redis_server,
+    stack_settings,
+)
+from tests.integration.streamjob import StreamJob
+
+LATENESS_MS = 300_000
+
+
+def create_topic(bootstrap: str, partitions: int, name: str | None = None) -> str:
+    name = name or f"test-{uuid.uuid4().hex[:12]}"
+    AdminClient({"bootstrap.servers": bootstrap}).create_topics([NewTopic(name, partitions, 1)])[name].result(30)
+    return name
+
+
+@pytest.fixture
+def start_job(
+    tmp_path: Path, bootstrap: str, redis_server: Component, feast_registry: Path, dlq_topic: str
+) -> Iterator[Callable[..., StreamJob]]:
+    """Starts `freshrank stream` on a topic; jobs of one test share checkpoints (a new one restores)."""
+    jobs: list[StreamJob] = []
+
+    def start(topic: str, **settings: str) -> StreamJob:
+        job = StreamJob.configured(
+            tmp_path,
+            bootstrap=bootstrap,
+            topic=topic,
+            dlq_topic=settings.pop("dlq_topic", dlq_topic),
+            redis_address=redis_server.address,
+            feast_registry=feast_registry,
+            catalog=tmp_path / "catalog.parquet",
+            lateness_ms=str(LATENESS_MS),
+            checkpoint_interval_ms="1000",
+            **settings,
+        )
+        jobs.append(job)
+        job.start()
+        return job
+
+    yield start
+    for job in jobs:
+        job.kill()

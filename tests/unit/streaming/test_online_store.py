@@ -1,0 +1,40 @@
+"""How the sink names each Redis refusal (the writer retries all of them), and its socket timeouts."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from streaming.online_store import KEY_TTL_S, refusal, with_timeouts
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        (redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'."), "oom"),
+        (redis.ReadOnlyError("You can't write against a read only replica."), "readonly"),
+        (redis.ConnectionError("Connection refused"), "unavailable"),
+        (redis.TimeoutError("Timeout reading from socket"), "unavailable"),
+        (ConnectionResetError(), "unavailable"),
+        (redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), "error"),
+    ],
+)
+def test_every_redis_refusal_is_retried_under_a_named_cause(error: Exception, cause: str) -> None:
+    refused = refusal(error)
+    assert refused is not None and refused.cause == cause and refused.retry_after_s > 0
+
+
+def test_a_bug_is_not_mistaken_for_a_refusal() -> None:
+    assert refusal(ValueError("feature value does not fit")) is None
+
+
+def test_sockets_get_timeouts_unless_the_user_set_them() -> None:
+    assert with_timeouts("h:6379") == "h:6379,socket_timeout=5,socket_connect_timeout=2"
+    assert (
+        with_timeouts("h:6379,password=x,socket_timeout=1")
+        == "h:6379,password=x,socket_timeout=1,socket_connect_timeout=2"
+    )
+
+
+def test_keys_expire_with_the_views_ttl() -> None:
+    assert KEY_TTL_S == 86_400
