@@ -49,7 +49,7 @@ class KeyValueStore(Protocol):
 
     def items(self) -> Iterable[tuple[str, bytes]]: ...
 
-    def remove_all(self, keys: Iterable[str]) -> None: ...
+    def remove(self, key: str) -> None: ...
 
 
 class MemoryStore:
@@ -69,9 +69,8 @@ class MemoryStore:
     def items(self) -> Iterable[tuple[str, bytes]]:
         return list(self.data.items())
 
-    def remove_all(self, keys: Iterable[str]) -> None:
-        for key in keys:
-            self.data.pop(key, None)
+    def remove(self, key: str) -> None:
+        self.data.pop(key, None)
 
 
 class Aggregate(Protocol):
@@ -148,7 +147,7 @@ class CachedObjects(Generic[T]):
         for key in keys:
             self._cache.pop(key, None)
             self._changed.discard(key)
-        self.store.remove_all(keys)
+            self.store.remove(key)
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -298,7 +297,8 @@ class EntityTable(Generic[A]):
                 del self._schedules[key]
                 self._changed_schedules.discard(key)
             self.aggregates.remove(gone)
-            self.schedules_store.remove_all(gone)
+            for key in gone:
+                self.schedules_store.remove(key)
         return gone
 
     def __len__(self) -> int:

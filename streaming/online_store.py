@@ -78,12 +78,15 @@ def with_timeouts(connection_string: str) -> str:
 
 def refusal(error: Exception) -> OnlineStoreUnavailable | None:
     """What a Redis error means for the writer, or None if it is not a Redis refusal."""
-    if isinstance(error, redis.ReadOnlyError):
-        return OnlineStoreUnavailable("Redis is a read-only replica", retry_after_s=1.0, cause="readonly")
     if isinstance(error, redis.ResponseError):
-        if str(error).startswith("OOM"):
+        # A pipeline prefixes the reply with the failed command, binary key included: keep the reply only.
+        reply = str(error).rpartition("caused error: ")[2]
+        reply = "".join(c for c in reply[:200] if c.isprintable())
+        if isinstance(error, redis.ReadOnlyError) or reply.startswith("READONLY"):
+            return OnlineStoreUnavailable("Redis is a read-only replica", retry_after_s=1.0, cause="readonly")
+        if reply.startswith("OOM"):
             return OnlineStoreUnavailable("Redis is at maxmemory", retry_after_s=1.0, cause="oom")
-        return OnlineStoreUnavailable(f"Redis error reply: {str(error)[:200]}", retry_after_s=1.0, cause="error")
+        return OnlineStoreUnavailable(f"Redis error reply: {reply}", retry_after_s=1.0, cause="error")
     if isinstance(error, (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)):
         return OnlineStoreUnavailable(type(error).__name__, retry_after_s=0.5)
     return None

@@ -383,6 +383,7 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
                 topic_id,
             )
             self._reader.seek(partition, 0)
+        self._catalog.maybe_reload()
         records, reset = self._reader.read(partition, state.meta.next_offset)
         if reset is not None:
             state.meta.next_offset = reset.resume_at
@@ -548,12 +549,12 @@ class Catalog:
         self._checked = 0.0
 
     def category(self, item_id: str) -> str | None:
-        if self.path is not None and time.monotonic() - self._checked > 10:
-            self._reload()
         return self._categories.get(item_id)
 
-    def _reload(self) -> None:
-        assert self.path is not None
+    def maybe_reload(self) -> None:
+        """Reload if the file changed; checked at most every 10 s (the operator calls this every poll)."""
+        if self.path is None or time.monotonic() - self._checked < 10:
+            return
         self._checked = time.monotonic()
         try:
             stat = self.path.stat()

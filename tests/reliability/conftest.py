@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,8 +28,19 @@ LATENESS_MS = 300_000
 
 def create_topic(bootstrap: str, partitions: int, name: str | None = None) -> str:
     name = name or f"test-{uuid.uuid4().hex[:12]}"
-    AdminClient({"bootstrap.servers": bootstrap}).create_topics([NewTopic(name, partitions, 1)])[name].result(30)
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # held: a collected client cancels its futures
+    admin.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
     return name
+
+
+def delete_topic(bootstrap: str, name: str) -> None:
+    """Delete `name` and wait until the broker no longer lists it."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.delete_topics([name])[name].result(30)
+    deadline = time.monotonic() + 30
+    while name in admin.list_topics(timeout=5).topics:
+        assert time.monotonic() < deadline, f"topic {name} still listed after deletion"
+        time.sleep(0.2)
 
 
 @pytest.fixture

@@ -12,6 +12,13 @@ from streaming.online_store import KEY_TTL_S, refusal, with_timeouts
     ("error", "cause"),
     [
         (redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'."), "oom"),
+        # What a pipeline raises: the failed command (binary key and all) before Redis's reply.
+        (
+            redis.ResponseError(
+                "Command # 1 (HSET \x00\xff item_id) of pipeline caused error: OOM command not allowed"
+            ),
+            "oom",
+        ),
         (redis.ReadOnlyError("You can't write against a read only replica."), "readonly"),
         (redis.ConnectionError("Connection refused"), "unavailable"),
         (redis.TimeoutError("Timeout reading from socket"), "unavailable"),

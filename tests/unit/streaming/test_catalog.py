@@ -1,0 +1,37 @@
+"""The stream job's catalog: a half-written file never replaces a good catalog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prometheus_client import REGISTRY
+
+from streaming.operators import Catalog
+from training.synthetic import SyntheticWorld, WorldConfig, write_catalog
+
+
+def failures() -> float:
+    return REGISTRY.get_sample_value("freshrank_stream_catalog_reload_failures_total") or 0.0
+
+
+def test_a_half_written_catalog_is_refused_and_the_old_one_kept(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.parquet"
+    items = list(SyntheticWorld(WorldConfig(users=5, items=30, seed=3, start_ms=1_790_000_000_000)).catalog())
+    write_catalog(items, path)
+    catalog = Catalog(path)
+    catalog.maybe_reload()
+    assert len(catalog) == len(items) and catalog.category(items[0].item_id) == items[0].category
+
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # a writer that does not rename, caught half-way
+    before = failures()
+    catalog._checked = 0.0  # the 10 s between checks have passed
+    catalog.maybe_reload()
+    assert failures() == before + 1
+    assert len(catalog) == len(items) and catalog.category(items[0].item_id) == items[0].category
+
+
+def test_write_catalog_replaces_the_file_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.parquet"
+    write_catalog(list(SyntheticWorld(WorldConfig(users=5, items=10, seed=1, start_ms=1_790_000_000_000)).catalog()), path)
+    assert [p.name for p in tmp_path.iterdir()] == ["catalog.parquet"]  # no temporary file left behind
