@@ -33,8 +33,10 @@ from cli.stack import (
     local_components,
     pid_alive,
     read_state,
+    stop_group,
     stream_detail,
     tail,
+    wait_ports_free,
 )
 
 if TYPE_CHECKING:
@@ -117,10 +119,14 @@ def _up_detached(settings: StackSettings, ports: dict[str, int], timeout_s: floa
         str(ports["broker"]),
         "--redis-port",
         str(ports["redis"]),
+        "--stream-port",
+        str(ports["stream"]),
     ]
+    # The ports checked (or picked, for 0) here are the ones the stack runs on.
+    env = {**os.environ, "FRESHRANK_SERVE_PORT": str(ports["serve"])}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
         )
     deadline = time.monotonic() + timeout_s
     with console.status("starting the local stack..."):
@@ -149,17 +155,26 @@ def down(
         console.print("no local stack is running")
         return
     supervisor_pid = int(state.get("supervisor_pid") or 0)
+    components = state.get("components", {}).values()
     if pid_alive(supervisor_pid):
         os.kill(supervisor_pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while pid_alive(supervisor_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-    # Whatever is still alive now (supervisor hung or already gone) is killed.
-    pids = [supervisor_pid] + [int(c.get("pid") or 0) for c in state.get("components", {}).values()]
-    for pid in pids:
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        if pid_alive(supervisor_pid):
+            os.kill(supervisor_pid, signal.SIGKILL)
+    # Each component is its own process group; whatever of one is left (supervisor hung
+    # or killed, or a grandchild such as the Flink JVM) is stopped, and waited for.
+    for component in components:
+        stop_group(int(component.get("pid") or 0), grace_s=min(timeout, 10.0))
+    # Returning means `freshrank up` can start again on the same ports at once.
+    taken = wait_ports_free([str(c["address"]) for c in components], timeout_s=timeout)
     settings.state_file.unlink(missing_ok=True)
+    if taken:
+        raise fail(
+            f"the stack stopped, but {', '.join(taken)} still cannot be bound; "
+            "another process listens there (`ss -ltnp` shows which)"
+        )
     console.print("[green]stack stopped[/]")
 
 
