@@ -57,6 +57,10 @@ class StreamSettings(BaseSettings):
     )
     flush_interval_ms: int = Field(100, gt=0, description="A key emits at most one row per interval (coalescing).")
     metrics_port: int = Field(9464, ge=0, description="Prometheus /metrics of the job; 0 disables.")
+    metrics_bind_address: str = Field(
+        "127.0.0.1",
+        description="Address /metrics listens on: loopback locally; 0.0.0.0 in a pod so Prometheus can scrape it.",
+    )
     freshness_window_s: float = Field(60.0, gt=0, description="Window of the freshness p50/p99 gauges.")
 
     @model_validator(mode="after")

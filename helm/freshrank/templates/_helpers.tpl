@@ -207,6 +207,8 @@ FlinkDeployment, and the job must not override it.
   value: {{ .Values.stream.parallelism | quote }}
 - name: FRESHRANK_STREAM_METRICS_PORT
   value: {{ .Values.stream.metrics.port | quote }}
+- name: FRESHRANK_STREAM_METRICS_BIND_ADDRESS
+  value: {{ .Values.stream.metrics.bindAddress | quote }}
 {{- range $key, $value := .Values.stream.settings }}
 - name: {{ printf "FRESHRANK_STREAM_%s" (upper $key) }}
   value: {{ $value | toString | quote }}

@@ -78,6 +78,8 @@ def test_stream_job_settings_read_the_flink_pod_environment(
     assert settings.parallelism == 8
     assert settings.lateness_ms == 300_000
     assert settings.metrics_port == 9464
+    # The pod's metrics port is scraped from outside the pod: loopback would refuse Prometheus.
+    assert settings.metrics_bind_address == "0.0.0.0"
 
 
 def test_sdk_kafka_settings_read_the_shared_environment(
