@@ -118,9 +118,7 @@ def compatibility_problem(writer: dict[str, Any], reader: dict[str, Any]) -> str
     """Why data written with `writer` cannot be read with `reader` (Avro schema resolution), or None."""
     try:
         checker = avro.compatibility.ReaderWriterCompatibilityChecker()  # type: ignore[no-untyped-call]
-        result = checker.get_compatibility(
-            avro.schema.parse(json.dumps(reader)), avro.schema.parse(json.dumps(writer))
-        )
+        result = checker.get_compatibility(avro.schema.parse(json.dumps(reader)), avro.schema.parse(json.dumps(writer)))
     except (avro.errors.AvroException, ValueError, TypeError) as error:
         return f"not a valid Avro schema: {error}"
     if result.compatibility is avro.compatibility.SchemaCompatibilityType.compatible:
