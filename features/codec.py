@@ -23,7 +23,9 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import struct
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,31 +138,45 @@ class FetchedSchemas:
     """Writer schemas fetched by id from a Confluent-compatible registry, checked once, cached.
 
     Each id costs one fetch and one compatibility check, then nothing: the answer
-    (a schema, or the Rejection of an unknown or incompatible one) stays in a
-    bounded LRU cache, so a stream of records with garbage ids cannot grow memory
-    or hammer the registry beyond `cache_size` distinct ids. A fetch that fails
-    with SchemaLookupError is not cached: the next record asks again.
-    A writer schema whose canonical form equals the reader's decodes without
-    Avro resolution (same speed as the file registry).
+    (a schema, or the Rejection of an incompatible one; ids never change their
+    schema) stays in a bounded LRU cache, so records with many ids cannot grow
+    memory beyond `cache_size` entries. An id the registry does not know is asked
+    again after `unknown_ttl_s` (a registry follower may learn a new id a moment
+    after the producer got it from the primary), so garbage ids cost at most one
+    request per id and interval. A fetch that fails with SchemaLookupError is not
+    cached: the next record asks again. A writer schema whose canonical form
+    equals the reader's decodes without Avro resolution (as fast as the file registry).
     """
 
-    def __init__(self, fetch: SchemaFetch, reader: RegisteredSchema, cache_size: int = 1024) -> None:
+    def __init__(
+        self,
+        fetch: SchemaFetch,
+        reader: RegisteredSchema,
+        cache_size: int = 1024,
+        unknown_ttl_s: float = 30.0,
+        clock_s: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._fetch = fetch
         self._reader = reader
         self._reader_form = canonical_form(reader.definition)
-        self._cache: OrderedDict[int, RegisteredSchema | Rejection] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[RegisteredSchema | Rejection, float]] = OrderedDict()
         self._cache_size = cache_size
+        self._unknown_ttl_s = unknown_ttl_s
+        self._clock_s = clock_s
 
     def latest(self, subject: str = SUBJECT) -> RegisteredSchema:
         return self._reader
 
     def by_id(self, schema_id: int) -> RegisteredSchema | Rejection:
+        now = self._clock_s()
         cached = self._cache.get(schema_id)
-        if cached is not None:
+        if cached is not None and cached[1] > now:
             self._cache.move_to_end(schema_id)
-            return cached
-        resolved = self._resolve(schema_id, self._fetch(schema_id))
-        self._cache[schema_id] = resolved
+            return cached[0]
+        fetched = self._fetch(schema_id)
+        resolved = self._resolve(schema_id, fetched)
+        self._cache[schema_id] = (resolved, now + self._unknown_ttl_s if fetched is None else math.inf)
+        self._cache.move_to_end(schema_id)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return resolved
@@ -183,7 +199,10 @@ class FetchedSchemas:
             )
         if canonical_form(definition) == self._reader_form:
             return RegisteredSchema(schema_id, SUBJECT, self._reader.definition, self._reader.parsed)
-        parsed = fastavro.parse_schema(_without_logical_types(copy.deepcopy(definition)))
+        try:
+            parsed = fastavro.parse_schema(_without_logical_types(copy.deepcopy(definition)))
+        except Exception as error:  # fastavro's SchemaParseException and friends
+            return Rejection("value", f"schema id {schema_id} does not parse: {error}")
         return RegisteredSchema(schema_id, SUBJECT, definition, parsed)
 
 

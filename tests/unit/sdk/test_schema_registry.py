@@ -158,3 +158,25 @@ def test_the_http_collector_answers_503_with_the_reason_while_the_registry_is_do
     with pytest.raises(EventsUnavailable, match="schema registry request failed: HTTP 503") as raised:
         asyncio.run(sink.publish([make_event()]))
     assert raised.value.status_code == 503
+
+
+def test_an_unknown_id_is_asked_again_after_the_ttl_a_known_one_never(registry: FakeSchemaRegistry) -> None:
+    from features.codec import FetchedSchemas
+    from sdk.schema_registry import connect, fetcher
+
+    now = [0.0]
+    schemas = FetchedSchemas(
+        fetcher(connect(settings(registry.url))), SchemaRegistry().latest(), unknown_ttl_s=30, clock_s=lambda: now[0]
+    )
+    codec = EventCodec(schemas)
+    early = b"\x00" + (100001).to_bytes(4, "big") + EventCodec().encode(make_event())[5:]
+    # A record whose id the registry (a lagging follower, say) does not know yet.
+    assert codec.decode(early) == Rejection("value", "schema id 100001 is not in the schema registry")
+    serialize(registry.url, OUR_SCHEMA, to_record(make_event()))  # now it is registered as 100001
+    now[0] = 29.0
+    assert isinstance(codec.decode(early), Rejection)  # still cached
+    now[0] = 31.0
+    assert codec.decode(early) == make_event()
+    now[0] = 10_000.0
+    assert codec.decode(early) == make_event()
+    assert [r for r in registry.state.requests if r.startswith("GET /schemas/ids/")] == ["GET /schemas/ids/100001"] * 2
