@@ -5,11 +5,14 @@ export UV_PYTHON_PREFERENCE ?= only-system
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 
-.PHONY: install up down status test test-unit test-integration test-reliability lint bench clean
+.PHONY: install up down status test test-js test-unit test-integration test-reliability lint bench clean
 
-install: ## Create .venv with the exact locked versions (installs uv if missing).
+install: ## Create .venv with the exact locked versions (installs uv if missing), and the browser SDK's npm packages.
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen
+	@# package-lock.json pins them; skip when nothing changed since the last install.
+	@if [ ! -f sdk/js/node_modules/.package-lock.json ] || [ sdk/js/package-lock.json -nt sdk/js/node_modules/.package-lock.json ]; then \
+		npm ci --prefix sdk/js --no-audit --no-fund; fi
 
 up: install ## Start the whole embedded stack in the background; `make down` stops it.
 	$(RUN) freshrank up --detach
@@ -20,8 +23,12 @@ down: ## Stop the embedded stack.
 status:
 	$(RUN) freshrank status
 
-test: install ## Unit, integration and reliability tests (starts its own broker, Redis and Flink).
+test: install ## Browser SDK unit tests, then unit, integration and reliability tests (own broker, Redis, Flink, Chromium).
+	npm test --prefix sdk/js
 	$(RUN) pytest
+
+test-js: install ## Browser SDK (sdk/js) unit tests with node's test runner.
+	npm test --prefix sdk/js
 
 test-unit: install
 	$(RUN) pytest tests/unit

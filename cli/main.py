@@ -33,9 +33,11 @@ from cli.stack import (
     local_components,
     pid_alive,
     read_state,
+    stop_group,
     stream_detail,
     stream_problems,
     tail,
+    wait_ports_free,
 )
 
 if TYPE_CHECKING:
@@ -118,10 +120,14 @@ def _up_detached(settings: StackSettings, ports: dict[str, int], timeout_s: floa
         str(ports["broker"]),
         "--redis-port",
         str(ports["redis"]),
+        "--stream-port",
+        str(ports["stream"]),
     ]
+    # The ports checked (or picked, for 0) here are the ones the stack runs on.
+    env = {**os.environ, "FRESHRANK_SERVE_PORT": str(ports["serve"])}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
         )
     deadline = time.monotonic() + timeout_s
     with console.status("starting the local stack..."):
@@ -150,17 +156,26 @@ def down(
         console.print("no local stack is running")
         return
     supervisor_pid = int(state.get("supervisor_pid") or 0)
+    components = state.get("components", {}).values()
     if pid_alive(supervisor_pid):
         os.kill(supervisor_pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while pid_alive(supervisor_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-    # Whatever is still alive now (supervisor hung or already gone) is killed.
-    pids = [supervisor_pid] + [int(c.get("pid") or 0) for c in state.get("components", {}).values()]
-    for pid in pids:
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
+        if pid_alive(supervisor_pid):
+            os.kill(supervisor_pid, signal.SIGKILL)
+    # Each component is its own process group; whatever of one is left (supervisor hung
+    # or killed, or a grandchild such as the Flink JVM) is stopped, and waited for.
+    for component in components:
+        stop_group(int(component.get("pid") or 0), grace_s=min(timeout, 10.0))
+    # Returning means `freshrank up` can start again on the same ports at once.
+    taken = wait_ports_free([str(c["address"]) for c in components], timeout_s=timeout)
     settings.state_file.unlink(missing_ok=True)
+    if taken:
+        raise fail(
+            f"the stack stopped, but {', '.join(taken)} still cannot be bound; "
+            "another process listens there (`ss -ltnp` shows which)"
+        )
     console.print("[green]stack stopped[/]")
 
 
@@ -748,3 +763,181 @@ def candidates(
         f"(median {sorted(sizes)[len(sizes) // 2] if sizes else 0} candidates), "
         f"{len(lists.popular_by_country)} countries, {len(lists.popular_global)} global popular items"
     )
+
+
+schema_app = typer.Typer(
+    help="The event schema in a Confluent-compatible schema registry (FRESHRANK_SCHEMA_REGISTRY_URL).",
+    no_args_is_help=True,
+)
+app.add_typer(schema_app, name="schema")
+RegistryUrl = Annotated[
+    str | None, typer.Option("--url", help="Registry URL [env FRESHRANK_SCHEMA_REGISTRY_URL]; auth/TLS from env.")
+]
+Subject = Annotated[str, typer.Option(help="Subject (TopicNameStrategy: <topic>-value).")]
+
+
+def _registry(url: str | None) -> Any:
+    from sdk.schema_registry import SchemaRegistrySettings, connect
+
+    settings = SchemaRegistrySettings()
+    if url:
+        settings = settings.model_copy(update={"url": url})
+    if not settings.enabled:
+        raise fail("no schema registry: pass --url or set FRESHRANK_SCHEMA_REGISTRY_URL")
+    return connect(settings)
+
+
+def _read_avsc(path: Path) -> dict[str, Any]:
+    import avro.schema
+    import fastavro
+
+    try:
+        definition = json.loads(path.read_text())
+        # Both parsers: fastavro decodes the events, Avro's own checks compatibility.
+        fastavro.parse_schema(definition)
+        avro.schema.parse(json.dumps(definition))
+    except OSError as error:
+        raise fail(f"cannot read {path}: {error.strerror}", code=2) from None
+    except ValueError as error:
+        raise fail(f"{path} is not valid JSON: {error}", code=2) from None
+    except Exception as error:  # fastavro's SchemaParseException and friends
+        raise fail(f"{path} is not a valid Avro schema: {error}", code=2) from None
+    if not isinstance(definition, dict):
+        raise fail(f"{path} is not an Avro record schema", code=2)
+    return definition
+
+
+@schema_app.command("register")
+def schema_register(url: RegistryUrl = None, subject: Subject = "interactions-value") -> None:
+    """Register every version of the event schema in the repo, oldest first; print the id of each."""
+    from confluent_kafka.schema_registry import Schema
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    from features.codec import SCHEMA_DIR
+
+    client = _registry(url)
+    index = json.loads((SCHEMA_DIR / "registry.json").read_text())
+    for version in sorted(index["subjects"]["interactions-value"], key=lambda v: v["id"]):
+        text = (SCHEMA_DIR / version["file"]).read_text()
+        try:
+            schema_id = client.register_schema(subject, Schema(json.dumps(json.loads(text)), "AVRO"))
+        except SchemaRegistryError as error:
+            raise fail(f"the registry refused {version['file']} under {subject}: {error.error_message}") from None
+        except Exception as error:
+            raise fail(f"cannot reach the schema registry: {error}") from None
+        console.print(f"{version['file']}: subject {subject}, schema id {schema_id}")
+
+
+@schema_app.command("check")
+def schema_check(
+    schema: Annotated[Path, typer.Argument(help="The new .avsc to check before it ships.")],
+    url: RegistryUrl = None,
+    subject: Subject = "interactions-value",
+) -> None:
+    """BACKWARD check: can a reader with SCHEMA read what the latest schema wrote? Exit 1 with the reasons if not.
+
+    Checked against the newest schema in the repo, and, with a registry URL, against the
+    subject's latest version there and by the registry itself (it applies the subject's
+    configured level).
+    """
+    from features.codec import SchemaRegistry, compatibility_problem
+
+    new = _read_avsc(schema)
+    problems: list[str] = []
+    local = SchemaRegistry().latest()
+    problem = compatibility_problem(local.definition, new)
+    where = f"repo schema id {local.schema_id}"
+    console.print(f"{where}: " + ("[green]compatible[/]" if problem is None else f"[red]incompatible[/]: {problem}"))
+    if problem is not None:
+        problems.append(f"{where}: {problem}")
+    if url or os.environ.get("FRESHRANK_SCHEMA_REGISTRY_URL"):
+        problems.extend(_check_in_registry(_registry(url), subject, new))
+    if problems:
+        raise fail(f"{schema} is not BACKWARD compatible:\n" + "\n".join(problems))
+    console.print(f"[green]{schema} is BACKWARD compatible[/]")
+
+
+def _check_in_registry(client: Any, subject: str, new: dict[str, Any]) -> list[str]:
+    from confluent_kafka.schema_registry import Schema
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    from features.codec import compatibility_problem
+
+    try:
+        latest = client.get_latest_version(subject)
+    except SchemaRegistryError as error:
+        if error.http_status_code == 404:
+            console.print(f"registry: subject {subject} has no version yet; nothing to be compatible with")
+            return []
+        raise fail(f"schema registry: {error.error_message}") from None
+    except Exception as error:
+        raise fail(f"cannot reach the schema registry: {error}") from None
+    where = f"registry {subject} version {latest.version} (id {latest.schema_id})"
+    problem = compatibility_problem(json.loads(latest.schema.schema_str), new)
+    try:
+        accepted = client.test_compatibility(subject, Schema(json.dumps(new), "AVRO"))
+    except SchemaRegistryError as error:
+        raise fail(f"schema registry compatibility test failed: {error.error_message}") from None
+    verdict = "[green]compatible[/]" if problem is None else f"[red]incompatible[/]: {problem}"
+    console.print(f"{where}: {verdict}; the registry says {'compatible' if accepted else 'incompatible'}")
+    problems = [f"{where}: {problem}"] if problem is not None else []
+    if not accepted and problem is None:
+        problems.append(f"{where}: the registry refuses it (its compatibility level may be stricter than BACKWARD)")
+    return problems
+
+
+topics_app = typer.Typer(help="Inspect the Kafka topics (works where old kcat builds cannot).", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+
+
+@topics_app.command("tail")
+def topics_tail(
+    topic: Annotated[str, typer.Argument(help="e.g. interactions or interactions.dlq")],
+    last: Annotated[int, typer.Option("--last", "-n", min=0, help="Records per partition from the end.")] = 10,
+    from_beginning: Annotated[bool, typer.Option("--from-beginning", help="Every record still in the topic.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep waiting for new records (Ctrl-C stops).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers (default: the local stack).")] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Print key, headers and the decoded event of each record; for the DLQ, its reason header.
+
+    Reads with manual partition assignment and never commits offsets. Values are decoded
+    with the schema registry at FRESHRANK_SCHEMA_REGISTRY_URL when set, else the repo's.
+    """
+    from cli.topics import tail
+    from sdk.schema_registry import SchemaRegistrySettings, consumer_codec
+    from sdk.settings import KafkaSettings
+
+    settings = KafkaSettings(bootstrap_servers=resolve_bootstrap(bootstrap, state_dir))
+    codec = consumer_codec(SchemaRegistrySettings())
+    records = tail(
+        {**settings.client_config(), "client.id": "freshrank-topics-tail"},
+        topic,
+        codec,
+        last=None if from_beginning else last,
+        from_beginning=from_beginning,
+        follow=follow,
+    )
+    shown = 0
+    try:
+        for record in records:
+            shown += 1
+            if as_json:
+                print(json.dumps(record.as_json()), flush=True)  # noqa: T201 - the CLI's output
+                continue
+            headers = " ".join(f"{k}={v}" for k, v in record.headers.items())
+            line = f"[bold]{topic}[/]/{record.partition}@{record.offset} key={record.key}"
+            console.print(line + (f" headers: {headers}" if headers else ""), highlight=False)
+            if record.event is not None:
+                console.print(f"  {json.dumps(record.event)}", highlight=False, soft_wrap=True)
+            else:
+                console.print(f"  [yellow]value does not decode:[/] {record.problem}", highlight=False)
+    except LookupError as error:
+        raise fail(str(error)) from None
+    except KeyboardInterrupt:
+        pass
+    if not as_json:
+        errors.print(f"{shown} records from {topic} at {settings.bootstrap_servers}")

@@ -64,19 +64,35 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def port_bindable(host: str, port: int) -> OSError | None:
+    """None if a server could listen on host:port now, else the bind error.
+
+    SO_REUSEADDR as every server of the stack sets it (Tansu via tokio, Valkey,
+    uvicorn, the stream job's http.server): connections of a previous run that
+    linger in TIME-WAIT (up to 60 s) do not stop a new listener, so they must
+    not stop this check either; a socket that still listens does.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(1)
+        except OSError as error:
+            return error
+    return None
+
+
 def claim_port(host: str, port: int, what: str, flag: str) -> int:
     """Return `port` if it can be bound (or a free port for 0); else a StackError saying what to do."""
     if port == 0:
         return free_port(host)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as error:
-            raise StackError(
-                f"cannot start the {what}: {host}:{port} is already in use ({error.strerror}). "
-                f"Stop whatever listens there (`freshrank down` if it is an old stack), "
-                f"or pass {flag} PORT, or {flag} 0 for a free port."
-            ) from None
+    error = port_bindable(host, port)
+    if error is not None:
+        raise StackError(
+            f"cannot start the {what}: {host}:{port} is already in use ({error.strerror}). "
+            f"Stop whatever listens there (`freshrank down` if it is an old stack), "
+            f"or pass {flag} PORT, or {flag} 0 for a free port."
+        )
     return port
 
 
@@ -386,18 +402,69 @@ def wait_healthy(component: Component, log_dir: Path, timeout_s: float | None = 
     raise StackError(f"{component.name} did not become healthy at {component.address} within {timeout_s:.0f} s")
 
 
-def stop_process(component: Component, grace_s: float = 10.0) -> None:
-    process = component.process
-    if process is None or process.poll() is not None:
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of a process group, from /proc.
+
+    A component is its own process group (start_new_session), and what it starts
+    stays in it: the Flink JVM of `freshrank stream` serves the job's /metrics
+    port and outlives its Python parent by seconds. Waiting for the leader alone
+    left that port taken when `freshrank down` returned.
+    """
+    if not pgid:
+        return []
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command (which may contain spaces and parentheses): state ppid pgrp ...
+        state, _ppid, pgrp = stat.rpartition(")")[2].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def wait_group_gone(pgid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while group_members(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def stop_group(pgid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM a process group, SIGKILL it after `grace_s`; return once none of it is left."""
+    if pgid <= 0 or pgid == os.getpgrp():  # 0 would signal our own group
         return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(grace_s)
-    except subprocess.TimeoutExpired:
+        os.killpg(pgid, signal.SIGTERM)
+    if not wait_group_gone(pgid, grace_s):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+            os.killpg(pgid, signal.SIGKILL)
+        wait_group_gone(pgid, grace_s)
+
+
+def stop_process(component: Component, grace_s: float = 10.0) -> None:
+    process = component.process
+    if process is None:
+        return
+    stop_group(process.pid, grace_s)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(grace_s)
+
+
+def wait_ports_free(addresses: list[str], timeout_s: float) -> list[str]:
+    """Wait until a new server could listen on every host:port; returns those still taken at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        taken = [a for a in addresses if port_bindable(a.rpartition(":")[0], int(a.rpartition(":")[2])) is not None]
+        if not taken or time.monotonic() >= deadline:
+            return taken
+        time.sleep(0.1)
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -477,6 +544,8 @@ class Supervisor:
                 )
             component.restarts += 1
             self.log(f"{component.name} exited with code {process.returncode}; restart {component.restarts}")
+            # What the dead process started (the Flink JVM) may still hold its port.
+            stop_group(process.pid)
             time.sleep(min(2.0**component.restarts / 4, 5.0))
             start_process(component, self.log_dir)
             wait_healthy(component, self.log_dir)

@@ -1,5 +1,9 @@
 """EventPublisher: the client SDK that puts interaction events on Kafka.
 
+Values are Avro in Confluent wire format, with the schema id of the file registry, or
+of a Confluent-compatible registry when FRESHRANK_SCHEMA_REGISTRY_URL is set
+(`sdk.schema_registry`: subject `<topic>-value`, registered on first use).
+
 Guarantees: an event is validated before anything is sent (a bad one raises
 `InvalidEventError` naming the field); accepted events go out through an
 idempotent producer (acks=all) keyed by user_id, so one user's events stay in
@@ -22,6 +26,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from features.codec import EventCodec
 from features.events import InteractionEvent, validate
 from sdk.errors import InvalidEventError, PublisherBackpressure, PublisherClosedError, UndeliveredEventsError
+from sdk.schema_registry import SchemaRegistrySettings, producer_codec
 from sdk.settings import KafkaSettings
 
 DeliveryCallback = Callable[[InteractionEvent, KafkaError | None], None]
@@ -51,10 +56,15 @@ class EventPublisher:
         on_delivery: DeliveryCallback | None = None,
         codec: EventCodec | None = None,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        schema_registry: SchemaRegistrySettings | None = None,
     ) -> None:
         self.settings = settings or KafkaSettings()
         self._on_delivery = on_delivery
-        self._codec = codec or EventCodec()
+        # With FRESHRANK_SCHEMA_REGISTRY_URL set, the codec writes the id that registry gives our
+        # schema. It is resolved on the first publish, so a registry outage fails publish() with
+        # SchemaRegistryUnavailable (retry) instead of the constructor (an app's start-up).
+        self._schema_registry = schema_registry or SchemaRegistrySettings()
+        self._codec: EventCodec | None = codec
         self._clock_ms = clock_ms
         # librdkafka's own log lines go to Python logging, not straight to stderr.
         self._producer = Producer(self.settings.producer_config(), logger=logging.getLogger("freshrank.sdk.kafka"))
@@ -77,7 +87,7 @@ class EventPublisher:
         rejection = validate(event, self._clock_ms())
         if rejection is not None:
             raise InvalidEventError(rejection.field, rejection.reason)
-        value = self._codec.encode(event)
+        value = self._event_codec().encode(event)
         deadline = time.monotonic() + self.settings.queue_full_timeout_s
         while True:
             try:
@@ -97,6 +107,12 @@ class EventPublisher:
         with self._lock:
             self._accepted += 1
         self._producer.poll(0)
+
+    def _event_codec(self) -> EventCodec:
+        with self._lock:
+            if self._codec is None:
+                self._codec = producer_codec(self._schema_registry, self.settings.topic)
+            return self._codec
 
     def publish_many(self, events: list[InteractionEvent]) -> None:
         """Validate every event first, then enqueue them: a bad event in the batch sends nothing."""

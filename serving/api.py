@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 
-from serving.deps import ApiKey, Services, ServicesDep
-from serving.errors import EventsRejected, EventsUnavailable, InvalidRequest
+from serving.deps import ApiKey, Services, ServicesDep, check_api_key
+from serving.errors import EventsRejected, EventsUnavailable, InvalidRequest, MalformedBody
 from serving.events import judge
 from serving.pipeline import RankQuery, RankResult
 from serving.schemas import (
@@ -124,6 +126,41 @@ async def events(body: EventsRequest, services: ServicesDep) -> EventsResponse:
     202 when at least one event was accepted (or the batch was empty); 422 `events_rejected` with the same
     per-event list when every event was rejected.
     """
+    return await _accept_events(body, services)
+
+
+@router.post(
+    "/v1/events/beacon",
+    response_model=EventsResponse,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**ERRORS, **AUTH_ERRORS, 503: {"model": ErrorResponse, "description": "Producer queue full."}},
+    tags=["events"],
+)
+async def events_beacon(
+    request: Request,
+    services: ServicesDep,
+    key: Annotated[str, Query(description="The API key: a beacon cannot send headers.")],
+) -> EventsResponse:
+    """`navigator.sendBeacon` on page hide: the same JSON body as POST /v1/events, sent as text/plain.
+
+    A beacon can set neither headers nor a JSON content type (text/plain is the one type
+    a cross-origin beacon may carry without a preflight), so the key is in the query.
+    """
+    check_api_key(key, services)
+    try:
+        raw = json.loads(await request.body())
+    except ValueError:
+        raise MalformedBody("the body is not valid JSON") from None
+    try:
+        body = EventsRequest.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        field = ".".join(str(part) for part in first["loc"]) or "body"
+        raise InvalidRequest(f"{field}: {first['msg']}", [{"field": field, "reason": first["msg"]}]) from None
+    return await _accept_events(body, services)
+
+
+async def _accept_events(body: EventsRequest, services: Services) -> EventsResponse:
     limit = services.settings.max_events_per_batch
     if len(body.events) > limit:
         raise InvalidRequest(

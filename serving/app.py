@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from serving.api import admin, reload_all, router
 from serving.deps import Services
@@ -178,5 +179,14 @@ def create_app(
 
     # Our own limit rather than FastAPI's max_body_size: that one answers 413 in plain text.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.origins():
+        # Browser SDK (sdk/js): pages of these origins POST events with an X-API-Key header.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.origins(),
+            allow_methods=["POST"],
+            allow_headers=["Content-Type", "X-API-Key", "Authorization"],
+            max_age=600,
+        )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

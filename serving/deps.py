@@ -60,6 +60,11 @@ async def require_api_key(
         given = token.strip() if scheme.lower() == "bearer" else None
     if not given:
         raise Unauthorized("this endpoint needs an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")
+    check_api_key(given, services)
+
+
+def check_api_key(given: str, services: Services) -> None:
+    """Unauthorized unless `given` is one of FRESHRANK_SERVE_API_KEYS."""
     # Compare against every key in constant time: no early exit that leaks which prefix matched.
     matches = [hmac.compare_digest(given.encode(), key.encode()) for key in services.settings.keys()]
     if not any(matches):

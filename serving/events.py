@@ -4,7 +4,9 @@ Each event of a batch is judged on its own: first its JSON shape (`EventIn`), th
 the shared contract (`features.events.validate`, the rules the SDK and the stream
 job apply), so a client learns for each rejected event the field and the reason,
 and the good events of the batch still go through. Accepted events are handed
-to the SDK's `EventPublisher` (idempotent producer, key = user_id); delivery is
+to the SDK's `EventPublisher` (idempotent producer, key = user_id; Avro with the id of the
+Confluent schema registry at FRESHRANK_SCHEMA_REGISTRY_URL when one is set, 503 with the
+reason while that registry cannot be asked); delivery is
 asynchronous and counted in `freshrank_serve_events_total{outcome=delivered|failed}`.
 """
 
@@ -23,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from features.events import EventType, InteractionEvent, Rejection, validate
 from sdk.errors import PublisherBackpressure, SDKError
 from sdk.publisher import EventPublisher
+from sdk.schema_registry import SchemaRegistryRefused, SchemaRegistryUnavailable
 from sdk.settings import KafkaSettings
+from serving.errors import EventsUnavailable
 from serving.metrics import ServingMetrics
 from serving.settings import KafkaEvents, MemoryEvents
 
@@ -145,6 +149,14 @@ class KafkaEventSink:
                 self._publisher.publish(event)
             except PublisherBackpressure:
                 return taken
+            except SchemaRegistryUnavailable as error:
+                if taken:
+                    return taken
+                raise EventsUnavailable(f"{error}; nothing was accepted, retry", 5.0) from None
+            except SchemaRegistryRefused as error:
+                if taken:
+                    return taken
+                raise EventsUnavailable(f"{error}; nothing was accepted", 60.0) from None
         return len(events)
 
     async def publish(self, events: list[InteractionEvent]) -> int:

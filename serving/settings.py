@@ -105,6 +105,11 @@ class ServingSettings(BaseSettings):
         SecretStr(DEFAULT_API_KEY),
         description="Comma-separated API keys accepted on /v1/events and /v1/admin/* (Bearer or X-API-Key).",
     )
+    cors_origins: str = Field(
+        "",
+        description="Comma-separated web origins (https://app.example.com) whose pages may POST /v1/events "
+        "from a browser (CORS); empty = none, `*` = any.",
+    )
 
     online_store: RedisOnlineStore | MemoryOnlineStore = Field(default_factory=RedisOnlineStore)
     events: KafkaEvents | MemoryEvents = Field(default_factory=KafkaEvents)
@@ -153,6 +158,9 @@ class ServingSettings(BaseSettings):
         if self.default_k > self.max_k:
             raise ValueError("default_k must not exceed max_k")
         return self
+
+    def origins(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     def keys(self) -> list[str]:
         return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]

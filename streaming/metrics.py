@@ -32,7 +32,7 @@ DLQ_WRITE_FAILURES = Counter(
 DLQ_TRUNCATED = Counter("freshrank_stream_dlq_truncated_total", "DLQ records cut to the size limit.")
 READING_PAUSED = Gauge(
     "freshrank_stream_reading_paused",
-    "1 while reading is stopped: dlq (DLQ unwritable), online_store (Redis refusing writes), layout.",
+    "1 while reading is stopped: dlq (DLQ unwritable), online_store (Redis refusing writes), layout, schema_registry.",
     ["reason"],
 )
 CONSUMER_LAG = Gauge(
@@ -45,6 +45,10 @@ OFFSET_RESETS = Counter(
 )
 RECORDS_SKIPPED = Counter(
     "freshrank_stream_records_skipped_total", "Records no longer in the log when an offset was reset.", ["partition"]
+)
+SCHEMA_LOOKUP_FAILURES = Counter(
+    "freshrank_stream_schema_lookup_failures_total",
+    "Polls stopped because the schema registry could not be asked for a writer schema (retried).",
 )
 CLOCK_SKEW_CLAMPED = Counter(
     "freshrank_stream_clock_skew_clamped_total", "Admitted events whose event time was clamped to ingest + max skew."

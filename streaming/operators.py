@@ -37,10 +37,10 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from feature_repo.definitions import ITEM_VIEW, USER_VIEW
 from features.admission import EVICT_AFTER_MS, AdmissionGate
-from features.codec import EventCodec
 from features.events import InteractionEvent
 from features.item import ItemFeatures
 from features.user import UserFeatures
+from sdk.schema_registry import SchemaRegistrySettings, consumer_codec
 from streaming import metrics
 from streaming.dlq import DeadLetterSink
 from streaming.entities import CachedObjects, EntityTable, FeatureRow, RowClock
@@ -321,7 +321,7 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
 
     def open(self, runtime_context: RuntimeContext) -> None:
         # First, so a task that fails to open still counts as a restart.
-        metrics.serve(self.settings.metrics_port)
+        metrics.serve(self.settings.metrics_port, self.settings.metrics_bind_address)
         metrics.task_opened("UserFeaturesByPartition", *task_info(runtime_context))
         bytes_type = Types.PICKLED_BYTE_ARRAY()
         self._meta = runtime_context.get_state(ValueStateDescriptor("partition_meta", bytes_type))
@@ -341,7 +341,8 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
                 max_dlq_value_bytes=settings.max_dlq_record_bytes,
             ),
             self._catalog.category,
-            EventCodec(),
+            # The file registry, or a Confluent-compatible registry at FRESHRANK_SCHEMA_REGISTRY_URL.
+            consumer_codec(SchemaRegistrySettings()),
         )
         self._dlq = DeadLetterSink(settings.kafka_config(), settings.dlq_topic, settings.topic)
         self._dlq.open()
@@ -349,6 +350,7 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
         self._timers = TableTimers()
         self._states: dict[int, PartitionState] = {}
         self._heartbeat = 0.0
+        self._stall_logged = 0.0
 
     def _state_of(self, partition: int) -> PartitionState:
         state = self._states.get(partition)
@@ -389,6 +391,15 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
             state.meta.next_offset = reset.resume_at
         clock = now_ms()
         result = self._processor.process(partition, state, records, clock, partition_count)
+        if result.stalled_at is not None:
+            self._reader.seek(partition, result.stalled_at)
+            metrics.READING_PAUSED.labels("schema_registry").set(1)
+            metrics.SCHEMA_LOOKUP_FAILURES.inc()
+            if time.monotonic() - self._stall_logged > 10:
+                self._stall_logged = time.monotonic()
+                log.error("partition %s paused at offset %s: %s", partition, result.stalled_at, result.stall_reason)
+        else:
+            metrics.READING_PAUSED.labels("schema_registry").set(0)
         if result.dead_letters:
             self._write_dead_letters(result.dead_letters)
         for outcome, count in result.counts.items():
@@ -594,7 +605,7 @@ class OnlineStoreWriter(ProcessFunction):  # type: ignore[misc]
         self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        metrics.serve(self.settings.metrics_port)
+        metrics.serve(self.settings.metrics_port, self.settings.metrics_bind_address)
         metrics.task_opened("OnlineStoreSink", *task_info(runtime_context))
         self._sink = OnlineStoreSink(self.settings.redis_connection_string(), self.settings.feast_registry)
         self._freshness = metrics.RecentFreshness(self.settings.freshness_window_s)

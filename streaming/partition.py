@@ -10,7 +10,9 @@ a record is never lost between the two.
 
 Rules (each has a unit test in tests/unit/streaming/test_partition.py):
 - Every record ends in exactly one place; a record at an offset below the
-  state's next offset (re-read after a restore) is skipped as already done.
+  state's next offset (re-read after a restore) is skipped as already done. A
+  record whose writer schema cannot be looked up (registry away) stops the poll
+  before it (`stalled_at`): it is read again later, never sent to the DLQ.
 - A dead letter's reason names the field and the rule and is at most
   `MAX_REASON_BYTES`; it never quotes the payload. A value (or key) too large
   for the DLQ is cut to `max_dlq_value_bytes`, and the letter says so.
@@ -36,7 +38,7 @@ from operator import attrgetter
 from typing import Any, NamedTuple, Protocol
 
 from features.admission import EVICT_AFTER_MS, Admission, AdmissionGate, clamp_to_ingest
-from features.codec import EventCodec
+from features.codec import EventCodec, SchemaLookupError
 from features.events import InteractionEvent, Rejection, validate
 from features.partitioning import LIBRDKAFKA_PARTITIONER, partition_for
 from features.user import UserFeatures
@@ -209,6 +211,9 @@ class PollResult:
     counts: dict[str, int] = field(default_factory=dict)
     clamped: int = 0
     evicted: int = 0
+    # Set when the schema registry could not be asked: the poll stopped before this offset, to be read again.
+    stalled_at: int | None = None
+    stall_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -247,13 +252,17 @@ class PartitionProcessor:
             offset = record.offset()
             if offset < meta.next_offset:
                 continue  # already processed before a restore
+            key, value = record.key(), record.value()
+            try:
+                decoded = self.codec.decode(value)
+            except SchemaLookupError as error:  # the registry is away: not the record's fault, read it again
+                result.stalled_at, result.stall_reason = offset, str(error)[:MAX_REASON_BYTES]
+                break
             meta.next_offset = offset + 1
             kind, stamp = record.timestamp()
             ingest_ms = stamp if kind != _TIMESTAMP_NOT_AVAILABLE and stamp > 0 else None
             if ingest_ms is not None and ingest_ms > meta.clock_ms:
                 meta.clock_ms = ingest_ms
-            key, value = record.key(), record.value()
-            decoded = self.codec.decode(value)
             if isinstance(decoded, InteractionEvent):
                 rejection = (
                     validate(decoded, now_ms)

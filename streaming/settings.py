@@ -74,6 +74,10 @@ class StreamSettings(BaseSettings):
         Path(".freshrank/logs/flink"),
         description="Where the local mini-cluster writes Flink's log, operators' log lines included (FLINK_LOG_DIR).",
     )
+    metrics_bind_address: str = Field(
+        "127.0.0.1",
+        description="Address /metrics listens on: loopback locally; 0.0.0.0 in a pod so Prometheus can scrape it.",
+    )
     freshness_window_s: float = Field(60.0, gt=0, description="Window of the freshness p50/p99 gauges.")
 
     @model_validator(mode="after")

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.admission import MAX_INGEST_SKEW_MS, at_ingest
-from features.codec import EventCodec, from_record, to_record
+from features.codec import SchemaLookupError, from_record, to_record
 from features.events import InteractionEvent, Rejection
 from training.errors import SourceError
 
@@ -129,8 +129,11 @@ def read_topic(
     """
     from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaException, TopicPartition
 
+    from sdk.schema_registry import SchemaRegistrySettings, consumer_codec
+
     stats = stats if stats is not None else ReadStats()
-    codec = EventCodec()
+    # Records of Confluent serializers carry their registry's ids (FRESHRANK_SCHEMA_REGISTRY_URL).
+    codec = consumer_codec(SchemaRegistrySettings())
     config: dict[str, Any] = {
         "bootstrap.servers": bootstrap_servers,
         "group.id": "freshrank-training-replay",
@@ -181,5 +184,7 @@ def read_topic(
                 yield event
     except KafkaException as error:
         raise SourceError(f"reading {topic!r} from {bootstrap_servers} failed: {error}") from None
+    except SchemaLookupError as error:
+        raise SourceError(f"reading {topic!r}: {error}") from None
     finally:
         consumer.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from cli.stack import pid_alive
+from cli.stack import group_members, pid_alive, wait_ports_free
 
 
 def freshrank(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -83,6 +83,26 @@ def test_up_status_generate_down_round_trip(tmp_path: Path, monkeypatch: pytest.
     assert down.returncode == 0, down.stdout + down.stderr
     pids = [report["supervisor_pid"], *(c["pid"] for c in report["components"].values())]
     assert not any(pid_alive(pid) for pid in pids)
+    # Nothing any component started is left (the Flink JVM is a grandchild), and every port is free.
+    assert not any(group_members(c["pid"]) for c in report["components"].values())
+    addresses = [c["address"] for c in report["components"].values()]
+    assert wait_ports_free(addresses, timeout_s=0) == []
     after = freshrank("status", "--json", "--state-dir", state_dir)
     assert after.returncode == 1
     assert json.loads(after.stdout)["running"] is False
+
+    # `make down && make up`: the same ports again at once, while the first run's
+    # connections are still in TIME-WAIT.
+    ports = {name: c["address"].rpartition(":")[2] for name, c in report["components"].items()}
+    monkeypatch.setenv("FRESHRANK_SERVE_PORT", ports["serve"])
+    again = freshrank(
+        "up", "--detach", "--state-dir", state_dir, "--broker-port", ports["broker"],
+        "--redis-port", ports["redis"], "--stream-port", ports["stream"],
+    )  # fmt: skip
+    try:
+        assert again.returncode == 0, again.stdout + again.stderr
+        restarted = json.loads(freshrank("status", "--json", "--state-dir", state_dir).stdout)
+        assert restarted["healthy"] is True
+        assert [c["address"] for c in restarted["components"].values()] == addresses
+    finally:
+        assert freshrank("down", "--state-dir", state_dir).returncode == 0

@@ -107,3 +107,36 @@ def test_invalid_events_are_refused_before_anything_is_sent(bootstrap: str, fres
     assert publisher.stats.accepted == 1 and publisher.stats.delivered == 1
     records = read_all(bootstrap, fresh_topic, expected=1, timeout_s=10)
     assert [value for _, _, value in records] == [codec.encode(good[0])]
+
+
+def test_with_a_schema_registry_the_sdk_and_the_collector_write_the_registry_id(
+    bootstrap: str, fresh_topic: str
+) -> None:
+    import asyncio
+
+    from sdk.schema_registry import SchemaRegistrySettings, consumer_codec
+    from serving.events import KafkaEventSink
+    from serving.metrics import ServingMetrics
+    from serving.settings import KafkaEvents
+    from tests.schema_registry_server import FakeSchemaRegistry
+
+    events = synthetic_events(20, users=3)
+    with FakeSchemaRegistry() as registry:
+        registry_settings = SchemaRegistrySettings(url=registry.url)
+        with EventPublisher(
+            KafkaSettings(bootstrap_servers=bootstrap, topic=fresh_topic), schema_registry=registry_settings
+        ) as publisher:
+            publisher.publish_many(events[:10])
+        # The HTTP collector's sink reads the same FRESHRANK_SCHEMA_REGISTRY_* settings.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("FRESHRANK_SCHEMA_REGISTRY_URL", registry.url)
+            sink = KafkaEventSink(KafkaEvents(bootstrap_servers=bootstrap, topic=fresh_topic), ServingMetrics())
+            assert asyncio.run(sink.publish(events[10:])) == 10
+            sink.close()
+        assert registry.state.subjects == {f"{fresh_topic}-value": [100001]}
+        records = read_all(bootstrap, fresh_topic, expected=20)
+        assert {value[1:5] for _, _, value in records} == {(100001).to_bytes(4, "big")}
+        decoder = consumer_codec(registry_settings)
+        assert sorted(e.event_id for e in (decoder.decode(v) for _, _, v in records)) == sorted(  # type: ignore[union-attr]
+            e.event_id for e in events
+        )

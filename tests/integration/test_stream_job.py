@@ -178,3 +178,53 @@ def test_rows_pending_at_the_checkpoint_are_written_after_a_restore_with_no_new_
         lambda: mismatches(redis_server.address, feast_registry, by_user, by_item, categories), timeout_s=180
     )
     assert problems == [], problems[:20]
+
+
+def test_records_of_a_confluent_serializer_are_admitted_and_an_incompatible_schema_goes_to_the_dlq(
+    job_factory, bootstrap: str, redis_server: Component, feast_registry: Path, fresh_topic: str, dlq_topic: str
+) -> None:
+    import copy
+    import json
+
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from features.codec import SchemaRegistry, to_record
+    from tests.schema_registry_server import FakeSchemaRegistry
+
+    events, categories, world = world_events(600, seed=3)
+    write_catalog(world.catalog(), job_factory.catalog)
+    ours = SchemaRegistry().latest().definition
+    legacy = copy.deepcopy(ours)  # a service that added an event type we cannot read
+    legacy["fields"][3]["type"]["symbols"].append("purchase")
+    with FakeSchemaRegistry() as registry:
+        client = SchemaRegistryClient({"url": registry.url})
+        # What a Java/Go/Node service with Confluent's serializer writes: the registry's ids.
+        serialize = AvroSerializer(client, json.dumps(ours))
+        legacy_serialize = AvroSerializer(client, json.dumps(legacy))
+        context = SerializationContext(fresh_topic, MessageField.VALUE)
+        records = [(e.user_id.encode(), serialize(to_record(e), context)) for e in events]
+        purchase = {**to_record(events[0]), "event_id": "legacy-1", "event_type": "purchase"}
+        incompatible = legacy_serialize(purchase, SerializationContext("legacy", MessageField.VALUE))
+        assert incompatible is not None and all(value is not None for _, value in records)
+        records.insert(300, (b"u-legacy", incompatible))
+        produce_raw(bootstrap, fresh_topic, records)  # type: ignore[arg-type]
+
+        job = job_factory()
+        job.env["FRESHRANK_SCHEMA_REGISTRY_URL"] = registry.url
+        job.start()
+        deadline = time.monotonic() + 120
+        dlq = read_topic(bootstrap, dlq_topic)
+        while not dlq and time.monotonic() < deadline:
+            dlq = read_topic(bootstrap, dlq_topic)
+        reasons = [dict(m.headers())["reason"].decode() for m in dlq]
+        assert [m.value() for m in dlq] == [incompatible], reasons[:3]
+        assert "writer schema id 100002 is incompatible" in reasons[0]
+        assert "missing_enum_symbols" in reasons[0] and "purchase" in reasons[0]
+
+        by_user, by_item = expected_features(events, categories, LATENESS_MS)
+        problems = wait_exact(
+            lambda: mismatches(redis_server.address, feast_registry, by_user, by_item, categories), timeout_s=240
+        )
+        assert problems == [], problems[:20]

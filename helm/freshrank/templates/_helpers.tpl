@@ -132,6 +132,17 @@ config and registry, the model registry and the data locations. The batch jobs r
   value: {{ .Values.data.dir | quote }}
 - name: FRESHRANK_CATALOG_PATH
   value: {{ .Values.data.catalogPath | quote }}
+{{- with .Values.schemaRegistry }}
+{{- if .url }}
+- name: FRESHRANK_SCHEMA_REGISTRY_URL
+  value: {{ .url | quote }}
+- name: FRESHRANK_SCHEMA_REGISTRY_AUTO_REGISTER
+  value: {{ .autoRegister | quote }}
+{{- if .existingSecret }}
+{{ include "freshrank.secretEnv" (list "FRESHRANK_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO" .existingSecret .userInfoKey) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* The feed API's settings (serving/settings.py: FRESHRANK_SERVE_*, nested fields with "__"). */}}
@@ -207,6 +218,8 @@ FlinkDeployment, and the job must not override it.
   value: {{ .Values.stream.parallelism | quote }}
 - name: FRESHRANK_STREAM_METRICS_PORT
   value: {{ .Values.stream.metrics.port | quote }}
+- name: FRESHRANK_STREAM_METRICS_BIND_ADDRESS
+  value: {{ .Values.stream.metrics.bindAddress | quote }}
 {{- range $key, $value := .Values.stream.settings }}
 - name: {{ printf "FRESHRANK_STREAM_%s" (upper $key) }}
   value: {{ $value | toString | quote }}

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from cli.stack import StackError, claim_port, java_version
+from cli.stack import StackError, claim_port, group_members, java_version, stop_group
 
 runner = CliRunner()
 
@@ -21,6 +24,47 @@ def test_a_taken_port_names_the_port_and_the_way_out() -> None:
         port = sock.getsockname()[1]
         with pytest.raises(StackError, match=rf"127.0.0.1:{port} is already in use.*--broker-port 0"):
             claim_port("127.0.0.1", port, "broker", "--broker-port")
+
+
+def test_a_port_whose_last_server_left_connections_in_time_wait_can_be_claimed() -> None:
+    # The server side closes first (as the stack's servers do after a health check), so its
+    # port keeps a TIME-WAIT connection for up to 60 s after the listener is gone. The
+    # listener sets SO_REUSEADDR like every server of the stack (uvicorn, Valkey, Tansu).
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = listener.accept()
+        accepted.close()
+        client.recv(1)  # sees the server's FIN
+        client.close()
+    probe = socket.socket()
+    with pytest.raises(OSError):
+        probe.bind(("127.0.0.1", port))  # what a bind without SO_REUSEADDR meets
+    probe.close()
+    assert claim_port("127.0.0.1", port, "feed API", "--port") == port
+
+
+def test_stop_group_returns_once_the_grandchildren_are_gone_too() -> None:
+    # A leader that starts a child which ignores SIGTERM, like a JVM busy shutting down.
+    script = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', "
+        "'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)']); "
+        "time.sleep(60)"
+    )
+    leader = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(group_members(leader.pid)) < 2:
+            assert time.monotonic() < deadline
+        stop_group(leader.pid, grace_s=0.5)
+        assert group_members(leader.pid) == []
+    finally:
+        leader.kill()
+        leader.wait()
 
 
 def test_port_zero_picks_a_free_port() -> None:

@@ -164,6 +164,7 @@ def test_no_secret_is_created_and_credentials_come_from_existing_secrets(
         "FRESHRANK_KAFKA_SASL_USERNAME": kafka[0],
         "FRESHRANK_KAFKA_SASL_PASSWORD": kafka[1],
         "FRESHRANK_REDIS_PASSWORD": redis,
+        "FRESHRANK_SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": ("freshrank-schema-registry", "userInfo"),
     }
     by_role = {
         "Deployment": {
@@ -187,7 +188,7 @@ def test_no_secret_is_created_and_credentials_come_from_existing_secrets(
         assert secret_refs(container) == by_role[workload["kind"]], workload["metadata"]["name"]
         # Nothing that looks like a credential is ever a plain value.
         for name in plain_env(container):
-            assert not re.search(r"PASSWORD|API_KEYS|USERNAME|TOKEN", name), f"{name} is a plain value"
+            assert not re.search(r"PASSWORD|API_KEYS|USERNAME|TOKEN|USER_INFO", name), f"{name} is a plain value"
     # Without credentials configured, no workload asks for one (defaults: no SASL, no Redis AUTH).
     for workload in workloads(default_manifests):
         refs = secret_refs(pod_spec(workload)["containers"][0])

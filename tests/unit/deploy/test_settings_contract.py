@@ -78,6 +78,8 @@ def test_stream_job_settings_read_the_flink_pod_environment(
     assert settings.parallelism == 8
     assert settings.lateness_ms == 300_000
     assert settings.metrics_port == 9464
+    # The pod's metrics port is scraped from outside the pod: loopback would refuse Prometheus.
+    assert settings.metrics_bind_address == "0.0.0.0"
 
 
 def test_sdk_kafka_settings_read_the_shared_environment(
@@ -120,3 +122,22 @@ def test_api_settings_read_the_api_pod_environment(production: list[Manifest], m
     assert secret(settings.events.sasl_password) == SECRET_PLACEHOLDER
     assert str(settings.model_registry) == "/var/lib/freshrank/models"
     assert str(settings.experiments_path) == "/etc/freshrank/experiments/experiments.yaml"
+
+
+def test_every_role_reads_the_schema_registry_settings_the_chart_sets(
+    production: list[Manifest], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sdk.schema_registry import SchemaRegistrySettings
+
+    for kind in ("Deployment", "FlinkDeployment"):
+        env = environment(pod_spec(one(production, kind))["containers"][0], "FRESHRANK_SCHEMA_REGISTRY_")
+        fields = SchemaRegistrySettings.model_fields
+        unknown = [n for n in env if n.removeprefix("FRESHRANK_SCHEMA_REGISTRY_").lower() not in fields]
+        assert not unknown, unknown
+        with monkeypatch.context() as patch:
+            for name, value in env.items():
+                patch.setenv(name, value)
+            settings = SchemaRegistrySettings()
+        assert settings.url == "https://schema-registry.kafka.internal:8081"
+        assert settings.auto_register is False  # production registers in CI with `freshrank schema register`
+        assert secret(settings.basic_auth_user_info) == SECRET_PLACEHOLDER

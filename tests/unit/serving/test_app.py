@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -255,3 +256,25 @@ def test_new_users_and_lists_from_redis_are_the_store_contract(client: AppClient
     store.lists[user_key("u-9")] = ["item-3", "item-3", "item-4"]
     body = client.get("/v1/feed/u-9").json()
     assert sorted(i["item_id"] for i in body["items"]) == ["item-3", "item-4"]  # duplicates dropped
+
+
+def test_a_beacon_carries_the_key_in_the_query_and_json_as_text_plain(client: AppClient) -> None:
+    body = json.dumps({"events": [event(event_id="beacon-1"), event(event_id="bad", event_type="nope")]})
+    plain = {"content-type": "text/plain;charset=UTF-8"}
+    assert client.post("/v1/events/beacon?key=nope", content=body, headers=plain).status_code == 401
+    response = client.post("/v1/events/beacon?key=dev-key", content=body, headers=plain)
+    assert response.status_code == 202, response.text
+    assert response.json()["accepted"] == 1 and response.json()["rejected"][0]["field"] == "event_type"
+    assert [e.event_id for e in client.services.events.events] == ["beacon-1"]
+    broken = client.post("/v1/events/beacon?key=dev-key", content="{nope", headers=plain)
+    assert broken.status_code == 400 and broken.json()["error"] == "malformed_body"
+
+
+def test_cors_lets_only_the_configured_origins_post_events(make_client: Callable[..., AppClient]) -> None:
+    client = make_client(cors_origins="https://app.example.com")
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type,x-api-key"}
+    allowed = client.request("OPTIONS", "/v1/events", headers={"Origin": "https://app.example.com", **preflight})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+    refused = client.request("OPTIONS", "/v1/events", headers={"Origin": "https://evil.example", **preflight})
+    assert "access-control-allow-origin" not in refused.headers

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from features.admission import EVICT_AFTER_MS
-from features.codec import HEADER, EventCodec
-from features.events import EventType, InteractionEvent
+from features.codec import HEADER, EventCodec, SchemaLookupError
+from features.events import EventType, InteractionEvent, Rejection
 from features.partitioning import partition_for
 from features.user import replay_user
 from streaming.partition import (
@@ -194,3 +194,25 @@ def test_idle_users_leave_state_and_come_back_with_the_same_features(users: int)
     rows = poll(proc, memory, [], later + 7_000).user_rows
     row = next(row for row in rows if row.entity_id == "u1")
     assert row.values == replay_user([first[1], back], {}, row.as_of_ms)
+
+
+class RegistryAway(EventCodec):
+    """A codec whose registry cannot be asked about the records it marks."""
+
+    def decode(self, data: bytes | None) -> InteractionEvent | Rejection:
+        if data is not None and data.startswith(b"\x00\x00\x01\x86\xa1"):  # schema id 100001
+            raise SchemaLookupError("schema registry at http://registry: connection refused")
+        return super().decode(data)
+
+
+def test_a_record_whose_schema_cannot_be_looked_up_is_read_again_not_refused() -> None:
+    good = [view(n, "u1", T0 + n) for n in range(3)]
+    unknown = b"\x00\x00\x01\x86\xa1" + CODEC.encode(good[0])[5:]
+    records = [FakeRecord(0, b"u1", CODEC.encode(good[0]), T0), FakeRecord(1, b"u1", unknown, T0)]
+    records += [FakeRecord(2 + n, b"u1", CODEC.encode(e), T0) for n, e in enumerate(good[1:])]
+    memory = MemoryPartition(LATENESS_MS)
+    proc = PartitionProcessor(processor().config, lambda item_id: None, RegistryAway())
+    result = poll(proc, memory, records, T0)
+    assert result.stalled_at == 1 and "connection refused" in result.stall_reason
+    assert result.counts == {"admitted": 1} and result.dead_letters == []
+    assert PartitionMeta.from_bytes(memory.meta or b"").next_offset == 1  # the record is read again
