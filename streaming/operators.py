@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from confluent_kafka import Consumer, KafkaError, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -533,6 +534,21 @@ class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
         self._timers.arm(bucket, table.next_due_ms(), ctx)
 
 
+def parquet_problem(data: bytes) -> str | None:
+    """Why `data` cannot be a whole parquet file (magic bytes, footer length), checked before pyarrow sees it.
+
+    A half-written catalog handed to pyarrow inside the Flink JVM (thread mode) took the
+    whole job process down in the reliability suite, where the same call outside Flink
+    raises; so a truncated file never reaches pyarrow.
+    """
+    if len(data) < 12 or data[:4] != b"PAR1" or data[-4:] != b"PAR1":
+        return f"not a whole parquet file ({len(data)} bytes; magic bytes missing at the start or end)"
+    footer = int.from_bytes(data[-8:-4], "little")
+    if footer > len(data) - 12:
+        return f"parquet footer of {footer} bytes does not fit in a {len(data)}-byte file"
+    return None
+
+
 class Catalog:
     """item_id -> category from the batch item catalog (parquet), reloaded when the file changes.
 
@@ -565,7 +581,11 @@ class Catalog:
             return
         self._mtime = mtime
         try:
-            table = pq.read_table(self.path, columns=["item_id", "category"])
+            data = self.path.read_bytes()
+            problem = parquet_problem(data)
+            if problem is not None:
+                raise ValueError(problem)
+            table = pq.read_table(pa.BufferReader(data), columns=["item_id", "category"], use_threads=False)
             categories = dict(zip(table["item_id"].to_pylist(), table["category"].to_pylist(), strict=True))
         except Exception as error:  # pyarrow raises several types for a bad file
             metrics.CATALOG_RELOAD_FAILURES.inc()

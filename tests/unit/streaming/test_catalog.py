@@ -33,5 +33,7 @@ def test_a_half_written_catalog_is_refused_and_the_old_one_kept(tmp_path: Path) 
 
 def test_write_catalog_replaces_the_file_atomically(tmp_path: Path) -> None:
     path = tmp_path / "catalog.parquet"
-    write_catalog(list(SyntheticWorld(WorldConfig(users=5, items=10, seed=1, start_ms=1_790_000_000_000)).catalog()), path)
+    write_catalog(
+        list(SyntheticWorld(WorldConfig(users=5, items=10, seed=1, start_ms=1_790_000_000_000)).catalog()), path
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["catalog.parquet"]  # no temporary file left behind
