@@ -84,7 +84,8 @@ def refusal(error: Exception) -> OnlineStoreUnavailable | None:
         reply = "".join(c for c in reply[:200] if c.isprintable())
         if isinstance(error, redis.ReadOnlyError) or reply.startswith("READONLY"):
             return OnlineStoreUnavailable("Redis is a read-only replica", retry_after_s=1.0, cause="readonly")
-        if reply.startswith("OOM"):
+        # redis-py raises OutOfMemoryError for an OOM reply and strips the "OOM" code from the text.
+        if isinstance(error, redis.exceptions.OutOfMemoryError) or "maxmemory" in reply:
             return OnlineStoreUnavailable("Redis is at maxmemory", retry_after_s=1.0, cause="oom")
         return OnlineStoreUnavailable(f"Redis error reply: {reply}", retry_after_s=1.0, cause="error")
     if isinstance(error, (redis.ConnectionError, redis.TimeoutError, ConnectionError, OSError)):

@@ -21,13 +21,20 @@ batches (a poll's events for one item bucket, a table's due rows).
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import pyarrow.parquet as pq
+# Imported with this module, before any operator's open(): the sink's Feast config loads its
+# dask offline store lazily, and an import inside one operator thread while another thread was
+# in pyarrow left the sink stuck in open() (py-spy). All operators share one interpreter here.
+import feast.infra.offline_stores.dask  # noqa: F401
+import feast.infra.online_stores.redis  # noqa: F401
 from confluent_kafka import Consumer, KafkaError, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 from pyflink.common import Types
@@ -544,6 +551,44 @@ class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
         self._timers.arm(bucket, table.next_due_ms(), ctx)
 
 
+def parquet_problem(data: bytes) -> str | None:
+    """Why `data` cannot be a whole parquet file (magic bytes, footer length): a cheap check before a reader starts."""
+    if len(data) < 12 or data[:4] != b"PAR1" or data[-4:] != b"PAR1":
+        return f"not a whole parquet file ({len(data)} bytes; magic bytes missing at the start or end)"
+    footer = int.from_bytes(data[-8:-4], "little")
+    if footer > len(data) - 12:
+        return f"parquet footer of {footer} bytes does not fit in a {len(data)}-byte file"
+    return None
+
+
+_READ_CATEGORIES = """
+import json, sys
+import pyarrow.parquet as pq
+table = pq.read_table(sys.argv[1], columns=["item_id", "category"])
+pairs = zip(table["item_id"].to_pylist(), table["category"].to_pylist(), strict=True)
+json.dump({str(k): v for k, v in pairs if k is not None and isinstance(v, str)}, sys.stdout)
+"""
+
+
+def read_categories(path: Path, timeout_s: float = 60.0) -> dict[str, str]:
+    """item_id -> category of a catalog parquet, read by pyarrow in a child process.
+
+    Not in the operator's own interpreter: there pyarrow's reader hung for good (seen
+    twice in the reliability suite, py-spy showing the thread idle inside
+    ParquetFile.read) while the other operators' threads were starting, and a
+    corrupt file took the whole job process down. A child that hangs or dies is
+    a failed reload, nothing more.
+    """
+    python = shutil.which("python3") or shutil.which("python") or "python3"
+    done = subprocess.run(
+        [python, "-c", _READ_CATEGORIES, str(path)], capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+    categories: dict[str, str] = json.loads(done.stdout)
+    return categories
+
+
 class Catalog:
     """item_id -> category from the batch item catalog (parquet), reloaded when the file changes.
 
@@ -576,13 +621,16 @@ class Catalog:
             return
         self._mtime = mtime
         try:
-            table = pq.read_table(self.path, columns=["item_id", "category"])
-            categories = dict(zip(table["item_id"].to_pylist(), table["category"].to_pylist(), strict=True))
-        except Exception as error:  # pyarrow raises several types for a bad file
+            data = self.path.read_bytes()
+            problem = parquet_problem(data)
+            if problem is not None:
+                raise ValueError(problem)
+            categories = read_categories(self.path)
+        except Exception as error:  # a bad file, a timeout, a reader that died
             metrics.CATALOG_RELOAD_FAILURES.inc()
             log.error("catalog %s unreadable, keeping the previous one (%s items): %s", self.path, len(self), error)
             return
-        self._categories = {str(k): v for k, v in categories.items() if k is not None and isinstance(v, str)}
+        self._categories = categories
         log.info("catalog %s loaded: %s items", self.path, len(self._categories))
 
     def __len__(self) -> int:

@@ -11,11 +11,12 @@ from streaming.online_store import KEY_TTL_S, refusal, with_timeouts
 @pytest.mark.parametrize(
     ("error", "cause"),
     [
-        (redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'."), "oom"),
+        (redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), "oom"),
         # What a pipeline raises: the failed command (binary key and all) before Redis's reply.
         (
             redis.ResponseError(
-                "Command # 1 (HSET \x00\xff item_id) of pipeline caused error: OOM command not allowed"
+                "Command # 1 (HSET \x00\xff item_id) of pipeline caused error: "
+                "command not allowed when used memory > maxmemory"
             ),
             "oom",
         ),
