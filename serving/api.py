@@ -172,16 +172,21 @@ async def healthz() -> dict[str, str]:
     "/readyz",
     response_model=ReadyStatus,
     tags=["ops"],
-    responses={503: {"model": ReadyStatus, "description": "No model is loaded yet."}},
+    responses={503: {"model": ReadyStatus, "description": "No model is loaded yet, or a background task stopped."}},
 )
 async def readyz(services: ServicesDep, response: Response) -> ReadyStatus:
-    """Ready once a model is loaded. Redis being down does not make it unready: answers degrade instead."""
+    """Ready once a model is loaded and while every background refresh runs.
+
+    Redis being down does not make it unready (answers degrade instead); a refresh task that ended
+    does, since the pod would otherwise serve stale item features for ever.
+    """
     try:
         store_ok = await asyncio.wait_for(services.store.ping(), 0.2)
     except TimeoutError:
         store_ok = False
     latest = services.registry.models.latest
-    ready = latest is not None
+    stopped = services.stopped_tasks()
+    ready = latest is not None and not stopped
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return ReadyStatus(
@@ -190,6 +195,8 @@ async def readyz(services: ServicesDep, response: Response) -> ReadyStatus:
         online_store=store_ok,
         item_cache_items=len(services.items.snapshot.index),
         item_cache_age_s=services.items.refresh_age_s(),
+        item_cache_error=services.items.last_error,
+        stopped_tasks=stopped,
         catalog_items=len(services.catalog),
     )
 

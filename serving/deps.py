@@ -6,9 +6,10 @@ thread pool, a thread hop per request that costs more than the dependency itself
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -38,6 +39,18 @@ class Services:
     ranker: FeedRanker
     events: KafkaEventSink | MemoryEventSink
     clock_ms: Callable[[], int]
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    """The refresh and watch tasks; each should run for the app's lifetime (`/readyz` checks)."""
+
+    def stopped_tasks(self) -> list[str]:
+        """Background tasks that ended (they must not): their name and why."""
+        stopped = []
+        for task in self.background:
+            if not task.done():
+                continue
+            error = None if task.cancelled() else task.exception()
+            stopped.append(f"{task.get_name()}: {type(error).__name__}: {error}" if error else task.get_name())
+        return stopped
 
 
 async def get_services(request: Request) -> Services:

@@ -57,6 +57,23 @@ class ServingMetrics:
         self.item_cache_refreshes = Counter(
             "freshrank_serve_item_cache_refreshes", "Background item-feature refreshes.", ["outcome"], registry=r
         )
+        self.item_cache_misses_dropped = Counter(
+            "freshrank_serve_item_cache_misses_dropped",
+            "Missed candidate items not queued for a read because the queue was full (a flood of unknown ids).",
+            registry=r,
+        )
+        self.corrupt_rows = Counter(
+            "freshrank_serve_corrupt_rows",
+            "Stored feature rows that could not be decoded and were skipped, by entity (user, item).",
+            ["entity"],
+            registry=r,
+        )
+        self.background_errors = Counter(
+            "freshrank_serve_background_errors",
+            "Failed steps of background tasks (each logged and retried; the task keeps running).",
+            ["task"],
+            registry=r,
+        )
         self.model_loads = Counter(
             "freshrank_serve_model_loads",
             "Model versions loaded or refused by the registry watcher.",

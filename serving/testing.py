@@ -116,9 +116,11 @@ class AppClient:
     requests and `wait()`. Use as a context manager.
     """
 
-    def __init__(self, app: Any, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, app: Any, headers: dict[str, str] | None = None, raise_app_exceptions: bool = True) -> None:
         self.app = app
         self.headers = headers or {}
+        # False: an unhandled error answers what a real server would send (the 500) instead of raising.
+        self.raise_app_exceptions = raise_app_exceptions
         self._loop = asyncio.new_event_loop()
         self._stack = contextlib.AsyncExitStack()
         self._client: httpx.AsyncClient | None = None
@@ -128,7 +130,7 @@ class AppClient:
 
         async def start() -> httpx.AsyncClient:
             await self._stack.enter_async_context(self.app.router.lifespan_context(self.app))
-            transport = httpx.ASGITransport(app=self.app)
+            transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=self.raise_app_exceptions)
             return await self._stack.enter_async_context(
                 httpx.AsyncClient(transport=transport, base_url="http://freshrank.test", headers=self.headers)
             )
