@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.deps import ApiKey, Services, ServicesDep
 from serving.errors import EventsRejected, EventsUnavailable, InvalidRequest
-from serving.events import judge
+from serving.events import Published, judge
 from serving.pipeline import RankQuery, RankResult
 from serving.schemas import (
     ErrorResponse,
@@ -114,15 +114,21 @@ async def feed(
     "/v1/events",
     response_model=EventsResponse,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={**ERRORS, **AUTH_ERRORS, 503: {"model": ErrorResponse, "description": "Producer queue full."}},
+    responses={
+        **ERRORS,
+        **AUTH_ERRORS,
+        503: {"model": ErrorResponse, "description": "No event reached Kafka (queue full, broker away)."},
+    },
     dependencies=[ApiKey],
     tags=["events"],
 )
 async def events(body: EventsRequest, services: ServicesDep) -> EventsResponse:
-    """Accept a batch of interaction events for Kafka; each event is accepted or rejected with a reason.
+    """Put a batch of interaction events on Kafka; each event is accepted or rejected with a reason.
 
-    202 when at least one event was accepted (or the batch was empty); 422 `events_rejected` with the same
-    per-event list when every event was rejected.
+    An event counts as accepted once the broker acknowledged it, so nothing accepted is lost if this pod
+    dies. 202 when at least one event was accepted (or the batch was empty); 422 `events_rejected` with the
+    same per-event list when every event broke the contract; 503 `events_unavailable` (Retry-After, the
+    per-event reasons in `rejected`) when valid events could not reach Kafka: resend those.
     """
     limit = services.settings.max_events_per_batch
     if len(body.events) > limit:
@@ -131,26 +137,26 @@ async def events(body: EventsRequest, services: ServicesDep) -> EventsResponse:
             [{"field": "events", "reason": f"must have at most {limit} items"}],
         )
     accepted, rejected = judge(body.events, services.clock_ms())
-    taken = await services.events.publish(accepted) if accepted else 0
-    if accepted and taken == 0:
-        raise EventsUnavailable("the event queue towards Kafka is full; nothing was accepted, retry", 1.0)
+    published = await services.events.publish(accepted) if accepted else Published([])
+    taken = published.acknowledged
     verdicts = [EventRejection(index=v.index, event_id=v.event_id, field=v.field, reason=v.reason) for v in rejected]
     if taken < len(accepted):
-        # Backpressure mid-batch: tell the client exactly which events to resend.
+        # Name exactly which events to resend (queue full, broker away, producer failed).
         index_of = _accepted_indexes(len(body.events), rejected)
-        for offset, event in enumerate(accepted[taken:], start=taken):
-            verdicts.append(
-                EventRejection(
-                    index=index_of[offset],
-                    event_id=event.event_id,
-                    field="event",
-                    reason="not accepted: the event queue towards Kafka is full; resend this event",
+        for offset, (event, outcome) in enumerate(zip(accepted, published.outcomes, strict=True)):
+            if outcome is not None:
+                verdicts.append(
+                    EventRejection(index=index_of[offset], event_id=event.event_id, field="event", reason=outcome)
                 )
-            )
         verdicts.sort(key=lambda v: v.index)
     metrics = services.metrics.events
     metrics.labels("accepted").inc(taken)
     metrics.labels("rejected").inc(len(verdicts))
+    if accepted and taken == 0 and not rejected:
+        # Nothing of a valid batch reached Kafka: a retryable 503 naming each event, not a 422.
+        raise EventsUnavailable(
+            "no event reached Kafka; retry the batch", published.retry_after_s, [v.model_dump() for v in verdicts]
+        )
     if body.events and taken == 0:
         raise EventsRejected([v.model_dump() for v in verdicts])
     return EventsResponse(accepted=taken, rejected=verdicts)

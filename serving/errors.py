@@ -83,14 +83,18 @@ class NotFound(ServingError):
 
 
 class EventsUnavailable(ServingError):
-    """The Kafka producer's local queue stayed full: nothing of the batch was accepted; retry later."""
+    """No event of the batch reached Kafka (queue full, broker away, producer failed); retry later."""
 
     status_code = 503
     code = "events_unavailable"
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
+    def __init__(self, message: str, retry_after_s: float, rejected: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.rejected = rejected or []
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "accepted": 0, "rejected": self.rejected}
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(max(1, round(self.retry_after_s)))}

@@ -75,6 +75,11 @@ class KafkaEvents(BaseModel):
     """SASL password (secret)."""
     queue_full_timeout_s: float = Field(0.05, ge=0)
     """How long a request waits for room in the producer queue before answering 503."""
+    ack_timeout_s: float = Field(5.0, gt=0)
+    """How long a request waits for the broker to acknowledge its events (also the producer's delivery
+    timeout); events not acknowledged by then are answered as not accepted, to be resent."""
+    shutdown_flush_s: float = Field(10.0, ge=0)
+    """At shutdown, how long the producer may still deliver what it holds before the process exits."""
 
 
 class MemoryEvents(BaseModel):
