@@ -312,6 +312,7 @@ def run(
                 "FRESHRANK_SERVE_CATALOG_PATH": str(world.catalog_path),
                 "FRESHRANK_SERVE_EVENTS__TYPE": "memory",
                 "FRESHRANK_SERVE_WORKERS": str(workers),
+                "FRESHRANK_SERVE_ENVIRONMENT": "dev",
             }
             api = start_api(env, port, work / "logs" / "serve.log")
             try:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from serving.deps import ApiKey, Services, ServicesDep
+from serving.deps import AdminKey, ApiKey, Services, ServicesDep
 from serving.errors import EventsRejected, EventsUnavailable, InvalidRequest
 from serving.events import Published, judge
 from serving.pipeline import RankQuery, RankResult
@@ -36,7 +36,11 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 router = APIRouter()
-admin = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[ApiKey], responses=AUTH_ERRORS)
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    **AUTH_ERRORS,
+    403: {"model": ErrorResponse, "description": "Admin endpoints disabled (no FRESHRANK_SERVE_ADMIN_KEYS)."},
+}
+admin = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminKey], responses=ADMIN_ERRORS)
 
 
 def _check_k(k: int | None, services: Services) -> int:

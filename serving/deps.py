@@ -14,7 +14,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from serving.errors import Unauthorized
+from serving.errors import Forbidden, Unauthorized
 from serving.events import KafkaEventSink, MemoryEventSink
 from serving.experiments import Experiments
 from serving.items import Catalog, ItemFeatureCache
@@ -61,22 +61,44 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def require_api_key(
-    services: ServicesDep,
-    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
-    x_api_key: Annotated[str | None, Header(description="The API key (alternative to Authorization)")] = None,
-) -> None:
-    """Accept `Authorization: Bearer <key>` or `X-API-Key: <key>` with a key from FRESHRANK_SERVE_API_KEYS."""
-    given = x_api_key
-    if given is None and authorization is not None:
+def _given_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    if x_api_key is not None:
+        return x_api_key
+    if authorization is not None:
         scheme, _, token = authorization.partition(" ")
-        given = token.strip() if scheme.lower() == "bearer" else None
+        return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+def _check_key(given: str | None, keys: list[str]) -> None:
     if not given:
         raise Unauthorized("this endpoint needs an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")
     # Compare against every key in constant time: no early exit that leaks which prefix matched.
-    matches = [hmac.compare_digest(given.encode(), key.encode()) for key in services.settings.keys()]
+    matches = [hmac.compare_digest(given.encode(), key.encode()) for key in keys]
     if not any(matches):
         raise Unauthorized("the API key is not valid")
 
 
+async def require_api_key(
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header(description="Bearer <ingest key>")] = None,
+    x_api_key: Annotated[str | None, Header(description="The ingest key (alternative to Authorization)")] = None,
+) -> None:
+    """Accept `Authorization: Bearer <key>` or `X-API-Key: <key>` with a key from FRESHRANK_SERVE_API_KEYS."""
+    _check_key(_given_key(authorization, x_api_key), services.settings.keys())
+
+
+async def require_admin_key(
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header(description="Bearer <admin key>")] = None,
+    x_api_key: Annotated[str | None, Header(description="The admin key (alternative to Authorization)")] = None,
+) -> None:
+    """Accept a key from FRESHRANK_SERVE_ADMIN_KEYS; with none configured the admin endpoints are off (403)."""
+    keys = services.settings.admin_key_list()
+    if not keys:
+        raise Forbidden("the admin endpoints are disabled: set FRESHRANK_SERVE_ADMIN_KEYS to enable them")
+    _check_key(_given_key(authorization, x_api_key), keys)
+
+
 ApiKey = Depends(require_api_key)
+AdminKey = Depends(require_admin_key)

@@ -61,13 +61,20 @@ class MalformedBody(ServingError):
 
 
 class Unauthorized(ServingError):
-    """No API key, or one that is not in FRESHRANK_SERVE_API_KEYS."""
+    """No API key, or one that is not among the keys of this endpoint (ingest or admin)."""
 
     status_code = 401
     code = "unauthorized"
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": 'Bearer realm="freshrank"'}
+
+
+class Forbidden(ServingError):
+    """The endpoint is disabled in this deployment (admin endpoints without admin keys)."""
+
+    status_code = 403
+    code = "forbidden"
 
 
 class PayloadTooLarge(ServingError):

@@ -34,7 +34,8 @@ from serving.app import create_app
 from serving.settings import MemoryEvents, RedisOnlineStore, ServingSettings
 from serving.testing import AppClient
 
-ADMIN = {"Authorization": "Bearer dev-key"}
+ADMIN = {"Authorization": "Bearer dev-admin-key"}
+INGEST = {"Authorization": "Bearer dev-key"}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,7 @@ def model_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def settings_for(redis_address: str, registry: Path, world: SeededWorld, **overrides: Any) -> ServingSettings:
     values: dict[str, Any] = {
+        "environment": "dev",
         "online_store": RedisOnlineStore(address=redis_address),
         "events": MemoryEvents(),
         "model_registry": registry,
@@ -241,6 +243,7 @@ def test_freshrank_serve_runs_as_a_process(
         "FRESHRANK_SERVE_MODEL_REGISTRY": str(model_registry),
         "FRESHRANK_SERVE_CATALOG_PATH": str(world.catalog_path),
         "FRESHRANK_SERVE_EVENTS__TYPE": "memory",
+        "FRESHRANK_SERVE_ENVIRONMENT": "dev",
     }
     api = start_api(env, port, tmp_path / "serve.log")
     try:
@@ -328,7 +331,7 @@ def test_fuzzed_feed_requests_are_answered_or_refused_with_a_reason(api: AppClie
 @FUZZ
 @given(body=EVENT_BODIES)
 def test_fuzzed_event_batches_get_a_verdict_per_event(api: AppClient, body: Any) -> None:
-    response = api.post("/v1/events", json=body, headers=ADMIN)
+    response = api.post("/v1/events", json=body, headers=INGEST)
     assert_answer_or_reason(response, 202)
     if response.status_code == 202 or (response.status_code == 422 and "accepted" in response.json()):
         verdict = response.json()
