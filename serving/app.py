@@ -28,7 +28,7 @@ from serving.events import KafkaEventSink, MemoryEventSink, make_event_sink
 from serving.experiments import Experiments
 from serving.items import Catalog, ItemFeatureCache, wall_ms
 from serving.metrics import ServingMetrics
-from serving.middleware import BodyLimitMiddleware, MetricsMiddleware
+from serving.middleware import AuthMiddleware, BodyLimitMiddleware, LoadShedMiddleware, MetricsMiddleware
 from serving.models import ModelRegistry
 from serving.online_store import InMemoryOnlineStore, OnlineStoreError, RedisOnlineReader, make_online_store
 from serving.pipeline import FeedRanker
@@ -208,7 +208,15 @@ def create_app(
             {"error": code, "message": str(error.detail)}, status_code=error.status_code, headers=error.headers
         )
 
-    # Our own limit rather than FastAPI's max_body_size: that one answers 413 in plain text.
+    # Innermost first. Our own body limit rather than FastAPI's max_body_size (413 in plain text); keys
+    # are checked before any body is read; shedding and the deadline wrap everything but the metrics.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthMiddleware, settings=settings)
+    app.add_middleware(
+        LoadShedMiddleware,
+        max_in_flight=settings.max_in_flight,
+        timeout_s=settings.request_timeout_s,
+        metrics=metrics,
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -61,7 +61,7 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def _given_key(authorization: str | None, x_api_key: str | None) -> str | None:
+def given_key(authorization: str | None, x_api_key: str | None) -> str | None:
     if x_api_key is not None:
         return x_api_key
     if authorization is not None:
@@ -70,7 +70,7 @@ def _given_key(authorization: str | None, x_api_key: str | None) -> str | None:
     return None
 
 
-def _check_key(given: str | None, keys: list[str]) -> None:
+def check_key(given: str | None, keys: list[str]) -> None:
     if not given:
         raise Unauthorized("this endpoint needs an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")
     # Compare against every key in constant time: no early exit that leaks which prefix matched.
@@ -79,13 +79,17 @@ def _check_key(given: str | None, keys: list[str]) -> None:
         raise Unauthorized("the API key is not valid")
 
 
+def admin_disabled() -> Forbidden:
+    return Forbidden("the admin endpoints are disabled: set FRESHRANK_SERVE_ADMIN_KEYS to enable them")
+
+
 async def require_api_key(
     services: ServicesDep,
     authorization: Annotated[str | None, Header(description="Bearer <ingest key>")] = None,
     x_api_key: Annotated[str | None, Header(description="The ingest key (alternative to Authorization)")] = None,
 ) -> None:
     """Accept `Authorization: Bearer <key>` or `X-API-Key: <key>` with a key from FRESHRANK_SERVE_API_KEYS."""
-    _check_key(_given_key(authorization, x_api_key), services.settings.keys())
+    check_key(given_key(authorization, x_api_key), services.settings.keys())
 
 
 async def require_admin_key(
@@ -96,8 +100,8 @@ async def require_admin_key(
     """Accept a key from FRESHRANK_SERVE_ADMIN_KEYS; with none configured the admin endpoints are off (403)."""
     keys = services.settings.admin_key_list()
     if not keys:
-        raise Forbidden("the admin endpoints are disabled: set FRESHRANK_SERVE_ADMIN_KEYS to enable them")
-    _check_key(_given_key(authorization, x_api_key), keys)
+        raise admin_disabled()
+    check_key(given_key(authorization, x_api_key), keys)
 
 
 ApiKey = Depends(require_api_key)

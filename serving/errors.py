@@ -107,6 +107,27 @@ class EventsUnavailable(ServingError):
         return {"Retry-After": str(max(1, round(self.retry_after_s)))}
 
 
+class Overloaded(ServingError):
+    """This worker already has FRESHRANK_SERVE_MAX_IN_FLIGHT requests in progress; retry (another pod may answer)."""
+
+    status_code = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+
+
+class RequestTimeout(ServingError):
+    """The request ran past FRESHRANK_SERVE_REQUEST_TIMEOUT_S and was abandoned."""
+
+    status_code = 504
+    code = "request_timeout"
+
+
 class ModelRejected(ServingError):
     """A model version failed validation (features, probe batch); the serving model is unchanged."""
 

@@ -74,6 +74,17 @@ class ServingMetrics:
             ["task"],
             registry=r,
         )
+        self.in_flight = Gauge(
+            "freshrank_serve_in_flight_requests",
+            "Requests in progress in this worker (ops endpoints excluded).",
+            registry=r,
+        )
+        self.shed = Counter(
+            "freshrank_serve_shed",
+            "Requests refused by the worker itself: overloaded (503, max_in_flight) or timeout (504).",
+            ["reason"],
+            registry=r,
+        )
         self.model_loads = Counter(
             "freshrank_serve_model_loads",
             "Model versions loaded or refused by the registry watcher.",

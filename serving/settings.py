@@ -150,6 +150,15 @@ class ServingSettings(BaseSettings):
     max_candidates: int = Field(1000, gt=0, description="Most candidates a request may send.")
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body, in bytes.")
     max_events_per_batch: int = Field(500, gt=0, description="Most events in one POST /v1/events.")
+    max_in_flight: int = Field(
+        64, gt=0, description="Requests one worker handles at once; beyond, 503 `overloaded` with Retry-After."
+    )
+    request_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Bound on any request (504 beyond). Ranking stages have their own, far shorter deadlines; "
+        "must exceed events.ack_timeout_s + 1 (an events request waits for Kafka's acknowledgement).",
+    )
 
     exploration_share: float = Field(0.1, ge=0, le=1, description="Share of the k slots for exploring new items.")
     new_item_max_age_s: float = Field(86_400.0, gt=0, description="An item younger than this may be explored.")
@@ -173,6 +182,8 @@ class ServingSettings(BaseSettings):
             raise ValueError("FRESHRANK_SERVE_API_KEYS must hold at least one key")
         if set(self.keys()) & set(self.admin_key_list()):
             raise ValueError("a key is both an ingest key and an admin key: FRESHRANK_SERVE_ADMIN_KEYS must differ")
+        if isinstance(self.events, KafkaEvents) and self.request_timeout_s <= self.events.ack_timeout_s + 1:
+            raise ValueError("request_timeout_s must exceed events.ack_timeout_s + 1 s")
         if self.default_k > self.max_k:
             raise ValueError("default_k must not exceed max_k")
         return self

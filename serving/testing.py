@@ -150,6 +150,16 @@ class AppClient:
         assert self._client is not None, "use AppClient as a context manager"
         return self._loop.run_until_complete(self._client.request(method, url, **kwargs))
 
+    def concurrently(self, method: str, url: str, count: int, **kwargs: Any) -> list[httpx.Response]:
+        """`count` identical requests in flight at the same time."""
+        assert self._client is not None, "use AppClient as a context manager"
+        client = self._client
+
+        async def all_of() -> list[httpx.Response]:
+            return list(await asyncio.gather(*(client.request(method, url, **kwargs) for _ in range(count))))
+
+        return self._loop.run_until_complete(all_of())
+
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.request("GET", url, **kwargs)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import tracemalloc
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -166,3 +166,56 @@ def test_a_flood_of_random_ids_with_the_store_down_is_bounded_in_memory_and_read
     assert store.reads <= 40 * items_module.PENDING_READ_BATCH
     assert len(cache._absent) <= ABSENT_MAX and not cache._interest
     assert len(cache.wanted_ids()) == len(cache.catalog.ids())
+
+
+# --- what a reviewer of a public API checks: limits, order of checks, overload ---------------------
+
+
+def test_a_chunked_body_over_the_limit_is_413(make_client: Callable[..., AppClient]) -> None:
+    client = make_client(max_body_bytes=1000)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"user_id": "u", "candidates": ['
+        for _ in range(200):  # 1.8 kB, no Content-Length
+            yield b'"item-1",'
+        yield b'"item-2"]}'
+
+    response = client.post("/v1/rank", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"] == "payload_too_large"
+    small = client.post("/v1/rank", json={"user_id": "u", "candidates": ["item-1"]})
+    assert small.status_code == 200, small.text
+
+
+def test_the_api_key_is_checked_before_the_body_is_read(make_client: Callable[..., AppClient]) -> None:
+    client = make_client(max_body_bytes=1000)
+    junk = client.post("/v1/events", content=b"{not json", headers={"content-type": "application/json"})
+    assert junk.status_code == 401, junk.text
+    huge = client.post("/v1/events", content=b"x" * 5000, headers={"content-type": "application/json"})
+    assert huge.status_code == 401, huge.text
+    admin = client.post("/v1/admin/reload", content=b"{")
+    assert admin.status_code == 401
+
+
+def test_a_worker_past_max_in_flight_sheds_with_503_and_ops_endpoints_still_answer(
+    make_client: Callable[..., AppClient], store: InMemoryOnlineStore
+) -> None:
+    client = make_client(max_in_flight=2, candidates_deadline_ms=1000, user_features_deadline_ms=1000)
+    store.delay_s = 0.2
+    answers = client.concurrently("GET", "/v1/feed/u-1?k=5", 5)
+    store.delay_s = 0.0
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [200, 200, 503, 503, 503], codes
+    shed = next(r for r in answers if r.status_code == 503)
+    assert shed.json()["error"] == "overloaded" and shed.headers["retry-after"] == "1"
+    assert metric(client, 'freshrank_serve_shed_total{reason="overloaded"}') == 3
+    assert client.get("/readyz").status_code == 200
+
+
+def test_a_request_past_the_overall_deadline_is_504(
+    make_client: Callable[..., AppClient], store: InMemoryOnlineStore
+) -> None:
+    client = make_client(request_timeout_s=0.1, candidates_deadline_ms=5000, user_features_deadline_ms=5000)
+    store.delay_s = 0.5
+    response = client.get("/v1/feed/u-1?k=5")
+    store.delay_s = 0.0
+    assert response.status_code == 504 and response.json()["error"] == "request_timeout"
