@@ -410,6 +410,10 @@ def bench_serving(
     registry: Annotated[
         Path | None, typer.Option(help="Serve the newest model of this registry instead of training one.")
     ] = None,
+    find_max: Annotated[
+        bool, typer.Option("--find-max", help="Then search the highest rate with p99 <= 10 ms and < 1 % degraded.")
+    ] = False,
+    step_seconds: Annotated[float, typer.Option(min=1, help="Seconds per rate step of --find-max.")] = 10.0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
 ) -> None:
     """The feed API at a fixed request rate (separate load process), and Feast get_online_features + ONNX."""
@@ -425,6 +429,8 @@ def bench_serving(
         path=path,
         workers=workers,
         registry=registry,
+        find_max=find_max,
+        step_seconds=step_seconds,
     )
     text = json.dumps(report, indent=2)
     if json_path is not None:
