@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response, status
@@ -18,9 +19,7 @@ from serving.schemas import (
     EventsRequest,
     EventsResponse,
     ExperimentStatus,
-    ModelRef,
     ModelStatus,
-    RankedItemOut,
     RankRequest,
     RankResponse,
     ReadyStatus,
@@ -55,28 +54,34 @@ def _check_k(k: int | None, services: Services) -> int:
     return k
 
 
-def _response(result: RankResult) -> RankResponse:
+def _response(result: RankResult) -> Response:
+    """The `RankResponse` JSON, written directly: FastAPI would re-validate the model and walk it with
+    jsonable_encoder on every answer, for a body our own code just built. `RankResponse` stays the route's
+    documented model; a test checks each answer validates against it."""
     model = (
-        ModelRef(name=result.model_name, version=result.model_version)
+        {"name": result.model_name, "version": result.model_version}
         if result.model_name is not None and result.model_version is not None
         else None
     )
-    return RankResponse(
-        request_id=result.request_id,
-        user_id=result.user_id,
-        arm=result.arm,
-        model=model,
-        candidate_source=result.candidate_source,
-        items=[
-            RankedItemOut(item_id=i.item_id, score=i.score, position=i.position, explored=i.explored)
+    body = {
+        "request_id": result.request_id,
+        "user_id": result.user_id,
+        "arm": result.arm,
+        "model": model,
+        "candidate_source": result.candidate_source,
+        "items": [
+            {"item_id": i.item_id, "score": i.score, "position": i.position, "explored": i.explored}
             for i in result.items
         ],
-        degraded=result.degraded,
-    )
+        "degraded": result.degraded,
+    }
+    # The separators and flags of Starlette's JSONResponse: the same bytes a client got before.
+    content = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return Response(content, media_type="application/json")
 
 
 @router.post("/v1/rank", response_model=RankResponse, responses=ERRORS, tags=["feed"])
-async def rank(body: RankRequest, services: ServicesDep) -> RankResponse:
+async def rank(body: RankRequest, services: ServicesDep) -> Response:
     """Re-rank the given candidates (or the user's cached list) for the user with live features.
 
     Always answers 200 for a valid request: missing features, model or candidates are
@@ -106,7 +111,7 @@ async def feed(
     services: ServicesDep,
     k: Annotated[int | None, Query(ge=1)] = None,
     country: Annotated[str | None, Query(pattern=r"^[A-Z]{2}$")] = None,
-) -> RankResponse:
+) -> Response:
     """The user's feed: their cached candidates (or a fallback list) ranked with live features."""
     if not user_id.strip():
         raise InvalidRequest("user_id must not be blank", [{"field": "user_id", "reason": "must not be blank"}])
