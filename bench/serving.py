@@ -126,20 +126,35 @@ def write_candidate_lists(redis_address: str, world: SeededWorld, n_candidates: 
     client.close()
 
 
-def train_model(registry: Path, users: int = 1000, items: int = 500, seconds: float = 10_800.0, seed: int = 0) -> Path:
+def train_model(
+    registry: Path,
+    users: int = 1000,
+    items: int = 500,
+    seconds: float = 10_800.0,
+    seed: int = 0,
+    serving_trees: int | None = None,
+) -> Path:
     """The project's ranker (`freshrank train` defaults: 3 h of a synthetic world), registered; returns its dir."""
     from training.evaluate import run_experiment
+    from training.ranker import TrainConfig
     from training.registry import register
     from training.sources import synthetic_source
 
     source = synthetic_source(users=users, items=items, seconds=seconds, seed=seed)
-    experiment = run_experiment(source)
+    experiment = run_experiment(source, train_config=TrainConfig(serving_trees=serving_trees))
     return register(registry, experiment.onnx, experiment.model_spec(source.name)).directory
 
 
 def model_metrics(model_dir: Path) -> dict[str, Any]:
     metadata: dict[str, Any] = json.loads((model_dir / "metadata.json").read_text())
-    return {"best_iteration": (metadata.get("extra") or {}).get("best_iteration")}
+    extra = metadata.get("extra") or {}
+    metrics = metadata.get("metrics") or {}
+    return {
+        "trees": extra.get("best_iteration"),
+        "auc": (metrics.get("auc") or {}).get("ranker_live"),
+        "ndcg@10": (metrics.get("ndcg@10") or {}).get("ranker_live"),
+        "full_model": extra.get("full_model"),
+    }
 
 
 def http_json(url: str, timeout_s: float = 5.0) -> tuple[int, Any]:
@@ -425,6 +440,7 @@ def run(
     registry: Path | None = None,
     find_max: bool = False,
     step_seconds: float = 10.0,
+    serving_trees: int | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="freshrank-bench-serving-") as tmp:
         work = Path(tmp)
@@ -441,7 +457,7 @@ def run(
             if registry is None:
                 log(f"{len(world.users)} users, {len(world.items)} items; training the ranker (freshrank train)")
                 registry = work / "models"
-                model_dir = train_model(registry)
+                model_dir = train_model(registry, serving_trees=serving_trees)
             else:
                 model_dir = load_registered(registry).directory
             # Read now: a freshly trained model lives in the temporary directory removed below.

@@ -414,6 +414,9 @@ def bench_serving(
         bool, typer.Option("--find-max", help="Then search the highest rate with p99 <= 10 ms and < 1 % degraded.")
     ] = False,
     step_seconds: Annotated[float, typer.Option(min=1, help="Seconds per rate step of --find-max.")] = 10.0,
+    serving_trees: Annotated[
+        int | None, typer.Option(min=1, help="Serve only the first N trees of the trained ranker.")
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
 ) -> None:
     """The feed API at a fixed request rate (separate load process), and Feast get_online_features + ONNX."""
@@ -431,6 +434,7 @@ def bench_serving(
         registry=registry,
         find_max=find_max,
         step_seconds=step_seconds,
+        serving_trees=serving_trees,
     )
     text = json.dumps(report, indent=2)
     if json_path is not None:
@@ -574,11 +578,20 @@ def train(
     cache_dir: CacheOption = Path(".freshrank/datasets"),
     registry: Annotated[Path, typer.Option(help="Model registry directory.")] = Path(".freshrank/models"),
     name: Annotated[str, typer.Option(help="Model name in the registry.")] = "ranker",
+    serving_trees: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Register only the first N trees (faster scoring); the report adds "
+            "the full model's metrics as full_model.",
+        ),
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the test report here.")] = None,
 ) -> None:
     """Replay events into a point-in-time dataset, train the LightGBM ranker, export ONNX, check parity, register."""
     from training.errors import TrainingError
     from training.evaluate import run_experiment
+    from training.ranker import TrainConfig
     from training.registry import register
 
     try:
@@ -588,7 +601,9 @@ def train(
                 topic=topic, bootstrap=bootstrap, catalog=catalog, cache_dir=cache_dir, progress=progress,
                 new_items_per_minute=new_items_per_minute,
             )  # fmt: skip
-            experiment = run_experiment(source, progress=_step_progress(progress))
+            experiment = run_experiment(
+                source, train_config=TrainConfig(serving_trees=serving_trees), progress=_step_progress(progress)
+            )
         report = experiment.report
         registered = register(registry, experiment.onnx, experiment.model_spec(source.name), name)
     except TrainingError as error:
