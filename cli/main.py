@@ -418,7 +418,7 @@ def bench_serving(
     find_max: Annotated[
         bool, typer.Option("--find-max", help="Then search the highest rate with p99 <= 10 ms and < 1 % degraded.")
     ] = False,
-    step_seconds: Annotated[float, typer.Option(min=1, help="Seconds per rate step of --find-max.")] = 10.0,
+    step_seconds: Annotated[float, typer.Option(min=1, help="Seconds per rate step of --find-max.")] = 15.0,
     serving_trees: Annotated[
         int | None, typer.Option(min=1, help="Serve only the first N trees of the trained ranker (as freshrank train).")
     ] = SERVING_TREES,
