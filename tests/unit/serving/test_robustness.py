@@ -29,12 +29,15 @@ def metric(client: AppClient, series: str) -> float:
 
 
 def test_a_corrupt_user_row_degrades_the_answer(client: AppClient, store: InMemoryOnlineStore) -> None:
+    # Counters are per process once Feast has been imported (prometheus_client's multiprocess mode):
+    # compare before and after.
+    before = metric(client, 'freshrank_serve_corrupt_rows_total{entity="user"}')
     store.corrupt.add("u-1")
     response = client.get("/v1/feed/u-1?k=5")
     assert response.status_code == 200, response.text
     body = response.json()
     assert "user_features:corrupt" in body["degraded"] and body["items"]
-    assert metric(client, 'freshrank_serve_corrupt_rows_total{entity="user"}') == 1
+    assert metric(client, 'freshrank_serve_corrupt_rows_total{entity="user"}') == before + 1
     # The store answered: the breaker stays closed, the next user is served from Redis.
     assert set(client.get("/v1/feed/u-2?k=5").json()["degraded"]) == {
         "user_features:absent",
@@ -200,6 +203,7 @@ def test_a_worker_past_max_in_flight_sheds_with_503_and_ops_endpoints_still_answ
     make_client: Callable[..., AppClient], store: InMemoryOnlineStore
 ) -> None:
     client = make_client(max_in_flight=2, candidates_deadline_ms=1000, user_features_deadline_ms=1000)
+    before = metric(client, 'freshrank_serve_shed_total{reason="overloaded"}')
     store.delay_s = 0.2
     answers = client.concurrently("GET", "/v1/feed/u-1?k=5", 5)
     store.delay_s = 0.0
@@ -207,7 +211,7 @@ def test_a_worker_past_max_in_flight_sheds_with_503_and_ops_endpoints_still_answ
     assert codes == [200, 200, 503, 503, 503], codes
     shed = next(r for r in answers if r.status_code == 503)
     assert shed.json()["error"] == "overloaded" and shed.headers["retry-after"] == "1"
-    assert metric(client, 'freshrank_serve_shed_total{reason="overloaded"}') == 3
+    assert metric(client, 'freshrank_serve_shed_total{reason="overloaded"}') == before + 3
     assert client.get("/readyz").status_code == 200
 
 
