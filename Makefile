@@ -49,8 +49,8 @@ lint: install ## ruff and mypy --strict on the packages.
 bench: install ## Freshness and feed API benchmarks, each against its Feast baseline; JSON in bench/results/.
 	$(RUN) freshrank bench freshness --rate 1000 --seconds 30 --json bench/results/freshness-1000.json
 	$(RUN) freshrank bench freshness --rate 5000 --seconds 30 --json bench/results/freshness-5000.json
-	$(RUN) freshrank bench serving --rps 200 --seconds 30 --candidates 500 --workers 2 --json bench/results/serving-200-w2.json
-	$(RUN) freshrank bench serving --rps 200 --seconds 30 --candidates 500 --workers 1 --json bench/results/serving-200-w1.json
+	$(RUN) freshrank bench serving --rps 400 --seconds 30 --candidates 500 --workers 2 --json bench/results/serving-400-w2.json
+	$(RUN) freshrank bench serving --rps 200 --seconds 30 --candidates 500 --workers 1 --find-max --json bench/results/serving-200-w1.json
 
 clean:
 	rm -rf .freshrank .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,11 @@ exported to ONNX, then starts `freshrank serve` as its own process.
 - `freshrank`: a separate load-generator process (`bench.loadgen`) sends
   GET /v1/feed/{user} (or POST /v1/rank with the N candidates in the body) at a
   fixed rate; latency counts from each request's due time, so queueing shows.
+- `capacity` (`--find-max`): after the fixed-rate run, the same API under rising
+  open-loop rates (+25 % a step from 100/s until two steps in a row fail, then two
+  bisections) with the criteria p99 <= 10 ms, < 1 % degraded, no errors; reports the
+  highest rate that held and every step with the server's CPU per request and
+  per-stage p50/p99 over that step.
 - `baseline`: what a Feast user would write otherwise, in this process, one request
   at a time: `get_online_features` for the user and for the N candidate items,
   `feature_matrix`, the same ONNX model (one intra-op thread), sort. It is
@@ -122,20 +127,35 @@ def write_candidate_lists(redis_address: str, world: SeededWorld, n_candidates: 
     client.close()
 
 
-def train_model(registry: Path, users: int = 1000, items: int = 500, seconds: float = 10_800.0, seed: int = 0) -> Path:
+def train_model(
+    registry: Path,
+    users: int = 1000,
+    items: int = 500,
+    seconds: float = 10_800.0,
+    seed: int = 0,
+    serving_trees: int | None = None,
+) -> Path:
     """The project's ranker (`freshrank train` defaults: 3 h of a synthetic world), registered; returns its dir."""
     from training.evaluate import run_experiment
+    from training.ranker import TrainConfig
     from training.registry import register
     from training.sources import synthetic_source
 
     source = synthetic_source(users=users, items=items, seconds=seconds, seed=seed)
-    experiment = run_experiment(source)
+    experiment = run_experiment(source, train_config=TrainConfig(serving_trees=serving_trees))
     return register(registry, experiment.onnx, experiment.model_spec(source.name)).directory
 
 
 def model_metrics(model_dir: Path) -> dict[str, Any]:
     metadata: dict[str, Any] = json.loads((model_dir / "metadata.json").read_text())
-    return {"best_iteration": (metadata.get("extra") or {}).get("best_iteration")}
+    extra = metadata.get("extra") or {}
+    metrics = metadata.get("metrics") or {}
+    return {
+        "trees": extra.get("best_iteration"),
+        "auc": (metrics.get("auc") or {}).get("ranker_live"),
+        "ndcg@10": (metrics.get("ndcg@10") or {}).get("ranker_live"),
+        "full_model": extra.get("full_model"),
+    }
 
 
 def http_json(url: str, timeout_s: float = 5.0) -> tuple[int, Any]:
@@ -255,23 +275,169 @@ def run_baseline(
     }
 
 
-def stage_summary(metrics_address: str) -> dict[str, dict[str, float]]:
-    """Per stage, from the API's own histograms: requests, mean ms, and the bucket bound holding the p99 (ms)."""
+Histograms = dict[str, dict[str, Any]]
+
+
+def stage_histograms(metrics_address: str) -> Histograms:
+    """The API's stage histograms right now: per stage, cumulative counts per bucket bound, sum and count."""
     series = scrape(metrics_address) or {}
-    out: dict[str, dict[str, float]] = {}
-    for key, count in series.items():
-        if not key.startswith("freshrank_serve_stage_seconds_count{") or not count:
+    out: Histograms = {}
+    for key, value in series.items():
+        if not key.startswith("freshrank_serve_stage_seconds_bucket{"):
             continue
         stage = key.split('stage="', 1)[1].split('"', 1)[0]
-        total = series.get(key.replace("_count{", "_sum{"), 0.0)
-        buckets = sorted(
-            (float(k.split('le="', 1)[1].split('"', 1)[0]), v)
-            for k, v in series.items()
-            if k.startswith("freshrank_serve_stage_seconds_bucket{") and f'stage="{stage}"' in k
-        )
-        p99 = next((bound for bound, cumulative in buckets if cumulative >= 0.99 * count), float("inf"))
-        out[stage] = {"count": count, "mean_ms": round(1000 * total / count, 3), "p99_le_ms": 1000 * p99}
+        bound = float(key.split('le="', 1)[1].split('"', 1)[0])
+        entry = out.setdefault(stage, {"buckets": {}, "sum": 0.0, "count": 0.0})
+        entry["buckets"][bound] = value
+    for stage, entry in out.items():
+        entry["sum"] = series.get(f'freshrank_serve_stage_seconds_sum{{stage="{stage}"}}', 0.0)
+        entry["count"] = series.get(f'freshrank_serve_stage_seconds_count{{stage="{stage}"}}', 0.0)
     return out
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus' histogram_quantile: linear interpolation inside the bucket holding the q-th observation."""
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return lower_bound
+            inside = cumulative - lower_count
+            return lower_bound + (bound - lower_bound) * ((rank - lower_count) / inside if inside else 1.0)
+        lower_bound, lower_count = bound, cumulative
+    return lower_bound
+
+
+def stage_summary(before: Histograms, after: Histograms) -> dict[str, dict[str, float]]:
+    """Per stage over the window between two scrapes: requests, mean, p50 and p99 in ms (p99 interpolated)."""
+    out: dict[str, dict[str, float]] = {}
+    for stage, now in after.items():
+        then = before.get(stage, {"buckets": {}, "sum": 0.0, "count": 0.0})
+        count = now["count"] - then["count"]
+        if count <= 0:
+            continue
+        buckets = sorted((bound, value - then["buckets"].get(bound, 0.0)) for bound, value in now["buckets"].items())
+        out[stage] = {
+            "count": count,
+            "mean_ms": round(1000 * (now["sum"] - then["sum"]) / count, 3),
+            "p50_ms": round(1000 * histogram_quantile(0.5, buckets), 3),
+            "p99_ms": round(1000 * histogram_quantile(0.99, buckets), 3),
+        }
+    return out
+
+
+def process_group_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of every live process in a process group (the API and its workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # field 5 of stat: process group
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+@dataclass(frozen=True)
+class Window:
+    """One load window against the API: the load generator's report plus the server's view of it."""
+
+    rps: float
+    load: dict[str, Any]
+    stages: dict[str, dict[str, float]]
+    cpu_ms_per_request: float | None
+
+    def summary(self) -> dict[str, Any]:
+        completed = self.load["completed"]
+        return {
+            "rps": self.rps,
+            "latency_ms": quantiles(self.load["latencies_ms"]),
+            "errors": sum(self.load["errors"].values()),
+            "error_kinds": self.load["errors"],
+            "sent": self.load["sent"],
+            "degraded_share": round(self.load["degraded"] / max(1, completed), 4),
+            "achieved_rps": round(self.load["achieved_rps"], 1),
+            "server_cpu_ms_per_request": self.cpu_ms_per_request,
+            "stages": self.stages,
+        }
+
+    def sustained(self, p99_ms: float, degraded_share: float) -> bool:
+        s = self.summary()
+        return bool(s["errors"] == 0 and s["latency_ms"]["p99"] <= p99_ms and s["degraded_share"] < degraded_share)
+
+
+def measure(port: int, pgid: int, rps: float, seconds: float, requests: list[str], work_dir: Path) -> Window:
+    """Open-loop load at `rps` for `seconds`, with the API's stage histograms and CPU over that window."""
+    address = f"127.0.0.1:{port}"
+    before, cpu_before = stage_histograms(address), process_group_cpu_s(pgid)
+    load = run_load(port, rps, seconds, requests, work_dir)
+    cpu = process_group_cpu_s(pgid) - cpu_before
+    stages = stage_summary(before, stage_histograms(address))
+    answered = load["completed"] + sum(load["errors"].values())
+    return Window(rps, load, stages, round(1000 * cpu / answered, 3) if answered else None)
+
+
+# What "sustained" means for the capacity search (the issue's target).
+SUSTAINED_P99_MS = 10.0
+SUSTAINED_DEGRADED_SHARE = 0.01
+
+
+def find_max_rate(
+    port: int, pgid: int, requests: list[str], work_dir: Path, step_seconds: float, log: Log, start_rps: float = 100.0
+) -> dict[str, Any]:
+    """The highest rate the API sustains (p99 <= 10 ms, < 1 % degraded, no errors).
+
+    Rates climb by 25 % from `start_rps` until two steps in a row fail, then the gap above the best
+    passing rate is bisected twice. A ladder rather than a pure bisection: on a shared machine a low
+    rate can fail on a scheduling hiccup, and one bad step must not end the search below the answer.
+    """
+    steps: list[dict[str, Any]] = []
+
+    def attempt(rps: float) -> bool:
+        window = measure(port, pgid, rps, step_seconds, requests, work_dir)
+        ok = window.sustained(SUSTAINED_P99_MS, SUSTAINED_DEGRADED_SHARE)
+        summary = window.summary()
+        steps.append({**summary, "sustained": ok})
+        log(
+            f"  {rps:.0f}/s: p99 {summary['latency_ms']['p99']} ms, degraded {summary['degraded_share']:.2%}, "
+            f"errors {summary['errors']}, cpu {summary['server_cpu_ms_per_request']} ms/request -> "
+            f"{'sustained' if ok else 'not sustained'}"
+        )
+        return ok
+
+    best, failed_above, failures_in_a_row = 0.0, None, 0
+    rps = start_rps
+    while failures_in_a_row < 2 and rps <= 5000:
+        if attempt(rps):
+            best, failures_in_a_row, failed_above = rps, 0, None
+        else:
+            failures_in_a_row += 1
+            failed_above = failed_above or rps
+        rps = round(rps * 1.25)
+    high = failed_above or rps
+    for _ in range(2):
+        middle = round((best + high) / 2)
+        if best == 0 or middle in (best, high):
+            break
+        if attempt(middle):
+            best = middle
+        else:
+            high = middle
+    return {
+        "criteria": {"p99_ms_at_most": SUSTAINED_P99_MS, "degraded_share_below": SUSTAINED_DEGRADED_SHARE, "errors": 0},
+        "step_seconds": step_seconds,
+        "max_sustained_rps": best,
+        "first_failing_rps": high,
+        "steps": steps,
+    }
 
 
 def run(
@@ -283,6 +449,9 @@ def run(
     baseline_seconds: float | None = None,
     workers: int = 1,
     registry: Path | None = None,
+    find_max: bool = False,
+    step_seconds: float = 15.0,
+    serving_trees: int | None = None,
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="freshrank-bench-serving-") as tmp:
         work = Path(tmp)
@@ -299,7 +468,7 @@ def run(
             if registry is None:
                 log(f"{len(world.users)} users, {len(world.items)} items; training the ranker (freshrank train)")
                 registry = work / "models"
-                model_dir = train_model(registry)
+                model_dir = train_model(registry, serving_trees=serving_trees)
             else:
                 model_dir = load_registered(registry).directory
             # Read now: a freshly trained model lives in the temporary directory removed below.
@@ -312,22 +481,26 @@ def run(
                 "FRESHRANK_SERVE_CATALOG_PATH": str(world.catalog_path),
                 "FRESHRANK_SERVE_EVENTS__TYPE": "memory",
                 "FRESHRANK_SERVE_WORKERS": str(workers),
+                "FRESHRANK_SERVE_ENVIRONMENT": "dev",
             }
             api = start_api(env, port, work / "logs" / "serve.log")
             try:
                 requests = raw_requests(world, port, path, candidates)
                 log(f"warm-up, then {rps:.0f} requests/s for {seconds:.0f} s ({path}, {candidates} candidates)")
                 run_load(port, min(rps, 50), 3, requests, work)
-                load = run_load(port, rps, seconds, requests, work)
-                stages = stage_summary(f"127.0.0.1:{port}")
+                window = measure(port, api.pid, rps, seconds, requests, work)
                 _, sample = http_json(f"http://127.0.0.1:{port}/v1/feed/{world.users[0]}")
+                capacity = None
+                if find_max:
+                    log(f"capacity of {workers} worker(s): the highest rate with p99 <= 10 ms and < 1 % degraded")
+                    capacity = find_max_rate(port, api.pid, requests, work, step_seconds, log)
             finally:
                 stop_api(api)
             log("baseline: Feast get_online_features + the same model")
             baseline = run_baseline(
                 redis.address, feast_registry, world, model_dir, candidates, baseline_seconds or min(seconds, 20)
             )
-    errors = sum(load["errors"].values())
+    measured = window.summary()
     report: dict[str, Any] = {
         "benchmark": "serving",
         "rps": rps,
@@ -336,14 +509,11 @@ def run(
         "workers": workers,
         "model": model,
         "path": "GET /v1/feed/{user_id}?k=20" if path == "feed" else "POST /v1/rank (candidates in the body), k=20",
-        "latency_ms": quantiles(load["latencies_ms"]),
-        "errors": errors,
-        "error_kinds": load["errors"],
-        "sent": load["sent"],
-        "degraded_share": round(load["degraded"] / max(1, load["completed"]), 4),
-        "achieved_rps": round(load["achieved_rps"], 1),
-        "stages": stages,
+        **{key: value for key, value in measured.items() if key != "rps"},
+        "stages_note": "server-side, from one worker's histograms over the measured window; p99 interpolated "
+        "inside the bucket",
         "degraded_sample": sample.get("degraded") if isinstance(sample, dict) else None,
+        "capacity": capacity,
         "baseline": baseline,
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)},
     }

@@ -344,6 +344,7 @@ def serve_component(settings: StackSettings, broker: Component, redis: Component
         command=[sys.executable, "-m", "cli", "serve"],
         healthy=lambda: http_healthy(address),
         env={
+            "FRESHRANK_SERVE_ENVIRONMENT": "dev",  # the local stack: development keys are fine
             "FRESHRANK_SERVE_HOST": settings.host,
             "FRESHRANK_SERVE_PORT": str(port),
             "FRESHRANK_SERVE_ONLINE_STORE__ADDRESS": redis.address,

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from serving.deps import ApiKey, Services, ServicesDep, check_api_key
+from serving.deps import AdminKey, ApiKey, Services, ServicesDep, check_api_key
 from serving.errors import EventsRejected, EventsUnavailable, InvalidRequest, MalformedBody
-from serving.events import judge
+from serving.events import Published, judge
 from serving.pipeline import RankQuery, RankResult
 from serving.schemas import (
     ErrorResponse,
@@ -20,9 +20,7 @@ from serving.schemas import (
     EventsRequest,
     EventsResponse,
     ExperimentStatus,
-    ModelRef,
     ModelStatus,
-    RankedItemOut,
     RankRequest,
     RankResponse,
     ReadyStatus,
@@ -38,7 +36,11 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 router = APIRouter()
-admin = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[ApiKey], responses=AUTH_ERRORS)
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
+    **AUTH_ERRORS,
+    403: {"model": ErrorResponse, "description": "Admin endpoints disabled (no FRESHRANK_SERVE_ADMIN_KEYS)."},
+}
+admin = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminKey], responses=ADMIN_ERRORS)
 
 
 def _check_k(k: int | None, services: Services) -> int:
@@ -53,28 +55,34 @@ def _check_k(k: int | None, services: Services) -> int:
     return k
 
 
-def _response(result: RankResult) -> RankResponse:
+def _response(result: RankResult) -> Response:
+    """The `RankResponse` JSON, written directly: FastAPI would re-validate the model and walk it with
+    jsonable_encoder on every answer, for a body our own code just built. `RankResponse` stays the route's
+    documented model; a test checks each answer validates against it."""
     model = (
-        ModelRef(name=result.model_name, version=result.model_version)
+        {"name": result.model_name, "version": result.model_version}
         if result.model_name is not None and result.model_version is not None
         else None
     )
-    return RankResponse(
-        request_id=result.request_id,
-        user_id=result.user_id,
-        arm=result.arm,
-        model=model,
-        candidate_source=result.candidate_source,
-        items=[
-            RankedItemOut(item_id=i.item_id, score=i.score, position=i.position, explored=i.explored)
+    body = {
+        "request_id": result.request_id,
+        "user_id": result.user_id,
+        "arm": result.arm,
+        "model": model,
+        "candidate_source": result.candidate_source,
+        "items": [
+            {"item_id": i.item_id, "score": i.score, "position": i.position, "explored": i.explored}
             for i in result.items
         ],
-        degraded=result.degraded,
-    )
+        "degraded": result.degraded,
+    }
+    # The separators and flags of Starlette's JSONResponse: the same bytes a client got before.
+    content = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return Response(content, media_type="application/json")
 
 
 @router.post("/v1/rank", response_model=RankResponse, responses=ERRORS, tags=["feed"])
-async def rank(body: RankRequest, services: ServicesDep) -> RankResponse:
+async def rank(body: RankRequest, services: ServicesDep) -> Response:
     """Re-rank the given candidates (or the user's cached list) for the user with live features.
 
     Always answers 200 for a valid request: missing features, model or candidates are
@@ -104,7 +112,7 @@ async def feed(
     services: ServicesDep,
     k: Annotated[int | None, Query(ge=1)] = None,
     country: Annotated[str | None, Query(pattern=r"^[A-Z]{2}$")] = None,
-) -> RankResponse:
+) -> Response:
     """The user's feed: their cached candidates (or a fallback list) ranked with live features."""
     if not user_id.strip():
         raise InvalidRequest("user_id must not be blank", [{"field": "user_id", "reason": "must not be blank"}])
@@ -116,15 +124,21 @@ async def feed(
     "/v1/events",
     response_model=EventsResponse,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={**ERRORS, **AUTH_ERRORS, 503: {"model": ErrorResponse, "description": "Producer queue full."}},
+    responses={
+        **ERRORS,
+        **AUTH_ERRORS,
+        503: {"model": ErrorResponse, "description": "No event reached Kafka (queue full, broker away)."},
+    },
     dependencies=[ApiKey],
     tags=["events"],
 )
 async def events(body: EventsRequest, services: ServicesDep) -> EventsResponse:
-    """Accept a batch of interaction events for Kafka; each event is accepted or rejected with a reason.
+    """Put a batch of interaction events on Kafka; each event is accepted or rejected with a reason.
 
-    202 when at least one event was accepted (or the batch was empty); 422 `events_rejected` with the same
-    per-event list when every event was rejected.
+    An event counts as accepted once the broker acknowledged it, so nothing accepted is lost if this pod
+    dies. 202 when at least one event was accepted (or the batch was empty); 422 `events_rejected` with the
+    same per-event list when every event broke the contract; 503 `events_unavailable` (Retry-After, the
+    per-event reasons in `rejected`) when valid events could not reach Kafka: resend those.
     """
     return await _accept_events(body, services)
 
@@ -168,26 +182,26 @@ async def _accept_events(body: EventsRequest, services: Services) -> EventsRespo
             [{"field": "events", "reason": f"must have at most {limit} items"}],
         )
     accepted, rejected = judge(body.events, services.clock_ms())
-    taken = await services.events.publish(accepted) if accepted else 0
-    if accepted and taken == 0:
-        raise EventsUnavailable("the event queue towards Kafka is full; nothing was accepted, retry", 1.0)
+    published = await services.events.publish(accepted) if accepted else Published([])
+    taken = published.acknowledged
     verdicts = [EventRejection(index=v.index, event_id=v.event_id, field=v.field, reason=v.reason) for v in rejected]
     if taken < len(accepted):
-        # Backpressure mid-batch: tell the client exactly which events to resend.
+        # Name exactly which events to resend (queue full, broker away, producer failed).
         index_of = _accepted_indexes(len(body.events), rejected)
-        for offset, event in enumerate(accepted[taken:], start=taken):
-            verdicts.append(
-                EventRejection(
-                    index=index_of[offset],
-                    event_id=event.event_id,
-                    field="event",
-                    reason="not accepted: the event queue towards Kafka is full; resend this event",
+        for offset, (event, outcome) in enumerate(zip(accepted, published.outcomes, strict=True)):
+            if outcome is not None:
+                verdicts.append(
+                    EventRejection(index=index_of[offset], event_id=event.event_id, field="event", reason=outcome)
                 )
-            )
         verdicts.sort(key=lambda v: v.index)
     metrics = services.metrics.events
     metrics.labels("accepted").inc(taken)
     metrics.labels("rejected").inc(len(verdicts))
+    if accepted and taken == 0 and not rejected:
+        # Nothing of a valid batch reached Kafka: a retryable 503 naming each event, not a 422.
+        raise EventsUnavailable(
+            "no event reached Kafka; retry the batch", published.retry_after_s, [v.model_dump() for v in verdicts]
+        )
     if body.events and taken == 0:
         raise EventsRejected([v.model_dump() for v in verdicts])
     return EventsResponse(accepted=taken, rejected=verdicts)
@@ -209,16 +223,21 @@ async def healthz() -> dict[str, str]:
     "/readyz",
     response_model=ReadyStatus,
     tags=["ops"],
-    responses={503: {"model": ReadyStatus, "description": "No model is loaded yet."}},
+    responses={503: {"model": ReadyStatus, "description": "No model is loaded yet, or a background task stopped."}},
 )
 async def readyz(services: ServicesDep, response: Response) -> ReadyStatus:
-    """Ready once a model is loaded. Redis being down does not make it unready: answers degrade instead."""
+    """Ready once a model is loaded and while every background refresh runs.
+
+    Redis being down does not make it unready (answers degrade instead); a refresh task that ended
+    does, since the pod would otherwise serve stale item features for ever.
+    """
     try:
         store_ok = await asyncio.wait_for(services.store.ping(), 0.2)
     except TimeoutError:
         store_ok = False
     latest = services.registry.models.latest
-    ready = latest is not None
+    stopped = services.stopped_tasks()
+    ready = latest is not None and not stopped
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return ReadyStatus(
@@ -227,6 +246,8 @@ async def readyz(services: ServicesDep, response: Response) -> ReadyStatus:
         online_store=store_ok,
         item_cache_items=len(services.items.snapshot.index),
         item_cache_age_s=services.items.refresh_age_s(),
+        item_cache_error=services.items.last_error,
+        stopped_tasks=stopped,
         catalog_items=len(services.catalog),
     )
 

@@ -29,7 +29,7 @@ from serving.events import KafkaEventSink, MemoryEventSink, make_event_sink
 from serving.experiments import Experiments
 from serving.items import Catalog, ItemFeatureCache, wall_ms
 from serving.metrics import ServingMetrics
-from serving.middleware import BodyLimitMiddleware, MetricsMiddleware
+from serving.middleware import AuthMiddleware, BodyLimitMiddleware, LoadShedMiddleware, MetricsMiddleware
 from serving.models import ModelRegistry
 from serving.online_store import InMemoryOnlineStore, OnlineStoreError, RedisOnlineReader, make_online_store
 from serving.pipeline import FeedRanker
@@ -41,7 +41,9 @@ log = logging.getLogger("freshrank.serving")
 STARTUP_READ_TIMEOUT_S = 5.0
 
 
-async def _every(interval_s: float, what: str, step: Callable[[], Coroutine[Any, Any, object]]) -> None:
+async def _every(
+    interval_s: float, what: str, step: Callable[[], Coroutine[Any, Any, object]], metrics: ServingMetrics
+) -> None:
     while True:
         await asyncio.sleep(interval_s)
         try:
@@ -49,6 +51,7 @@ async def _every(interval_s: float, what: str, step: Callable[[], Coroutine[Any,
         except asyncio.CancelledError:
             raise
         except Exception:
+            metrics.background_errors.labels(what).inc()
             log.exception("background %s failed; retrying in %.1f s", what, interval_s)
 
 
@@ -89,15 +92,30 @@ async def build_services(
         clock_ms=clock_ms,
     )
     metrics.item_cache_refresh_age.set_function(lambda: items.refresh_age_s() or -1.0)
+
+    def corrupt(kind: str, entity_id: str, reason: str) -> None:
+        metrics.corrupt_rows.labels(kind).inc()
+        log.warning("corrupt %s row %r skipped: %s", kind, entity_id[:128], reason)
+
+    store.on_corrupt = corrupt
     await reload_all(services)
     # First reads so the first requests have popular lists and item features; a down Redis
     # only delays them (the background tasks retry), it does not stop the API starting.
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(_refresh_popular(services), STARTUP_READ_TIMEOUT_S)
+    await _first_read(_refresh_popular(services), "popular lists", metrics)
     items.popular = ranker.popular.global_list
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(items.refresh(), STARTUP_READ_TIMEOUT_S)
+    await _first_read(items.refresh(), "item features", metrics)
     return services
+
+
+async def _first_read(read: Coroutine[Any, Any, object], what: str, metrics: ServingMetrics) -> None:
+    """A startup read: slow or failing, it only delays the data (the background task retries), never the API."""
+    try:
+        await asyncio.wait_for(read, STARTUP_READ_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("first read of %s took over %.0f s; serving without it for now", what, STARTUP_READ_TIMEOUT_S)
+    except Exception:
+        metrics.background_errors.labels(what).inc()
+        log.exception("first read of %s failed; serving without it for now", what)
 
 
 def create_app(
@@ -126,10 +144,16 @@ def create_app(
             services.items.popular = services.ranker.popular.global_list
 
         tasks = [
-            asyncio.create_task(services.items.run(), name="item-features"),
-            asyncio.create_task(_every(settings.popular_refresh_s, "popular lists", refresh_popular)),
-            asyncio.create_task(_every(settings.model_poll_s, "registry watch", lambda: reload_all(services))),
+            asyncio.create_task(services.items.run(), name="item features"),
+            asyncio.create_task(
+                _every(settings.popular_refresh_s, "popular lists", refresh_popular, metrics), name="popular lists"
+            ),
+            asyncio.create_task(
+                _every(settings.model_poll_s, "registry watch", lambda: reload_all(services), metrics),
+                name="registry watch",
+            ),
         ]
+        services.background = tasks
         try:
             yield
         finally:
@@ -156,6 +180,14 @@ def create_app(
     async def serving_error(_request: Request, error: ServingError) -> JSONResponse:
         return JSONResponse(error.to_json(), status_code=error.status_code, headers=error.headers())
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(_request: Request, error: Exception) -> JSONResponse:
+        # A bug, never bad input or a down dependency (those are 4xx or degraded answers): still JSON.
+        log.error("unhandled error: %s: %s", type(error).__name__, error, exc_info=error)
+        return JSONResponse(
+            {"error": "internal_error", "message": "the server failed on this request; retry"}, status_code=500
+        )
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, error: RequestValidationError) -> JSONResponse:
         problems = error.errors()
@@ -177,10 +209,19 @@ def create_app(
             {"error": code, "message": str(error.detail)}, status_code=error.status_code, headers=error.headers
         )
 
-    # Our own limit rather than FastAPI's max_body_size: that one answers 413 in plain text.
+    # Innermost first. Our own body limit rather than FastAPI's max_body_size (413 in plain text); keys
+    # are checked before any body is read; shedding and the deadline wrap everything but the metrics.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthMiddleware, settings=settings)
+    app.add_middleware(
+        LoadShedMiddleware,
+        max_in_flight=settings.max_in_flight,
+        timeout_s=settings.request_timeout_s,
+        metrics=metrics,
+    )
     if settings.origins():
-        # Browser SDK (sdk/js): pages of these origins POST events with an X-API-Key header.
+        # Browser SDK (sdk/js): pages of these origins POST events with an X-API-Key header. Outside
+        # the key check, so a preflight (which carries no key) is answered here.
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.origins(),

@@ -6,14 +6,15 @@ thread pool, a thread hop per request that costs more than the dependency itself
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from serving.errors import Unauthorized
+from serving.errors import Forbidden, Unauthorized
 from serving.events import KafkaEventSink, MemoryEventSink
 from serving.experiments import Experiments
 from serving.items import Catalog, ItemFeatureCache
@@ -38,6 +39,18 @@ class Services:
     ranker: FeedRanker
     events: KafkaEventSink | MemoryEventSink
     clock_ms: Callable[[], int]
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    """The refresh and watch tasks; each should run for the app's lifetime (`/readyz` checks)."""
+
+    def stopped_tasks(self) -> list[str]:
+        """Background tasks that ended (they must not): their name and why."""
+        stopped = []
+        for task in self.background:
+            if not task.done():
+                continue
+            error = None if task.cancelled() else task.exception()
+            stopped.append(f"{task.get_name()}: {type(error).__name__}: {error}" if error else task.get_name())
+        return stopped
 
 
 async def get_services(request: Request) -> Services:
@@ -48,27 +61,54 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def require_api_key(
-    services: ServicesDep,
-    authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None,
-    x_api_key: Annotated[str | None, Header(description="The API key (alternative to Authorization)")] = None,
-) -> None:
-    """Accept `Authorization: Bearer <key>` or `X-API-Key: <key>` with a key from FRESHRANK_SERVE_API_KEYS."""
-    given = x_api_key
-    if given is None and authorization is not None:
+def given_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    if x_api_key is not None:
+        return x_api_key
+    if authorization is not None:
         scheme, _, token = authorization.partition(" ")
-        given = token.strip() if scheme.lower() == "bearer" else None
+        return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+def check_key(given: str | None, keys: list[str]) -> None:
+    """Unauthorized unless `given` is one of `keys`."""
     if not given:
         raise Unauthorized("this endpoint needs an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`")
-    check_api_key(given, services)
-
-
-def check_api_key(given: str, services: Services) -> None:
-    """Unauthorized unless `given` is one of FRESHRANK_SERVE_API_KEYS."""
     # Compare against every key in constant time: no early exit that leaks which prefix matched.
-    matches = [hmac.compare_digest(given.encode(), key.encode()) for key in services.settings.keys()]
+    matches = [hmac.compare_digest(given.encode(), key.encode()) for key in keys]
     if not any(matches):
         raise Unauthorized("the API key is not valid")
 
 
+def check_api_key(given: str, services: Services) -> None:
+    """Unauthorized unless `given` is an ingest key (FRESHRANK_SERVE_API_KEYS): the beacon's query key."""
+    check_key(given, services.settings.keys())
+
+
+def admin_disabled() -> Forbidden:
+    return Forbidden("the admin endpoints are disabled: set FRESHRANK_SERVE_ADMIN_KEYS to enable them")
+
+
+async def require_api_key(
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header(description="Bearer <ingest key>")] = None,
+    x_api_key: Annotated[str | None, Header(description="The ingest key (alternative to Authorization)")] = None,
+) -> None:
+    """Accept `Authorization: Bearer <key>` or `X-API-Key: <key>` with a key from FRESHRANK_SERVE_API_KEYS."""
+    check_key(given_key(authorization, x_api_key), services.settings.keys())
+
+
+async def require_admin_key(
+    services: ServicesDep,
+    authorization: Annotated[str | None, Header(description="Bearer <admin key>")] = None,
+    x_api_key: Annotated[str | None, Header(description="The admin key (alternative to Authorization)")] = None,
+) -> None:
+    """Accept a key from FRESHRANK_SERVE_ADMIN_KEYS; with none configured the admin endpoints are off (403)."""
+    keys = services.settings.admin_key_list()
+    if not keys:
+        raise admin_disabled()
+    check_key(given_key(authorization, x_api_key), keys)
+
+
 ApiKey = Depends(require_api_key)
+AdminKey = Depends(require_admin_key)

@@ -61,13 +61,20 @@ class MalformedBody(ServingError):
 
 
 class Unauthorized(ServingError):
-    """No API key, or one that is not in FRESHRANK_SERVE_API_KEYS."""
+    """No API key, or one that is not among the keys of this endpoint (ingest or admin)."""
 
     status_code = 401
     code = "unauthorized"
 
     def headers(self) -> dict[str, str]:
         return {"WWW-Authenticate": 'Bearer realm="freshrank"'}
+
+
+class Forbidden(ServingError):
+    """The endpoint is disabled in this deployment (admin endpoints without admin keys)."""
+
+    status_code = 403
+    code = "forbidden"
 
 
 class PayloadTooLarge(ServingError):
@@ -83,10 +90,28 @@ class NotFound(ServingError):
 
 
 class EventsUnavailable(ServingError):
-    """The Kafka producer's local queue stayed full: nothing of the batch was accepted; retry later."""
+    """No event of the batch reached Kafka (queue full, broker away, producer failed); retry later."""
 
     status_code = 503
     code = "events_unavailable"
+
+    def __init__(self, message: str, retry_after_s: float, rejected: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.rejected = rejected or []
+
+    def to_json(self) -> dict[str, Any]:
+        return {**super().to_json(), "accepted": 0, "rejected": self.rejected}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+
+
+class Overloaded(ServingError):
+    """This worker already has FRESHRANK_SERVE_MAX_IN_FLIGHT requests in progress; retry (another pod may answer)."""
+
+    status_code = 503
+    code = "overloaded"
 
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
@@ -94,6 +119,13 @@ class EventsUnavailable(ServingError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(max(1, round(self.retry_after_s)))}
+
+
+class RequestTimeout(ServingError):
+    """The request ran past FRESHRANK_SERVE_REQUEST_TIMEOUT_S and was abandoned."""
+
+    status_code = 504
+    code = "request_timeout"
 
 
 class ModelRejected(ServingError):

@@ -5,29 +5,31 @@ the shared contract (`features.events.validate`, the rules the SDK and the strea
 job apply), so a client learns for each rejected event the field and the reason,
 and the good events of the batch still go through. Accepted events are handed
 to the SDK's `EventPublisher` (idempotent producer, key = user_id; Avro with the id of the
-Confluent schema registry at FRESHRANK_SCHEMA_REGISTRY_URL when one is set, 503 with the
-reason while that registry cannot be asked); delivery is
-asynchronous and counted in `freshrank_serve_events_total{outcome=delivered|failed}`.
+Confluent schema registry at FRESHRANK_SCHEMA_REGISTRY_URL when one is set), and the API
+answers once the broker acknowledged each of them (or says which to resend, with the
+reason: a registry that cannot be asked is one); outcomes are counted in
+`freshrank_serve_events_total{outcome}`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from features.events import EventType, InteractionEvent, Rejection, validate
-from sdk.errors import PublisherBackpressure, SDKError
-from sdk.publisher import EventPublisher
+from sdk.errors import PublisherBackpressure, SDKError, UndeliveredEventsError
+from sdk.publisher import DeliveryCallback, EventPublisher
 from sdk.schema_registry import SchemaRegistryRefused, SchemaRegistryUnavailable
 from sdk.settings import KafkaSettings
-from serving.errors import EventsUnavailable
 from serving.metrics import ServingMetrics
 from serving.settings import KafkaEvents, MemoryEvents
 
@@ -113,19 +115,48 @@ def judge(raw_events: Sequence[Any], now_ms: int) -> tuple[list[InteractionEvent
     return accepted, rejected
 
 
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What became of each event handed to a sink, in order: None = the broker acknowledged it, else why not."""
+
+    outcomes: list[str | None]
+    retry_after_s: float = 1.0
+
+    @property
+    def acknowledged(self) -> int:
+        return sum(outcome is None for outcome in self.outcomes)
+
+
 class EventSink(Protocol):
-    async def publish(self, events: list[InteractionEvent]) -> int:
-        """Hand events over in order; returns how many were taken (fewer when the queue stays full)."""
+    async def publish(self, events: list[InteractionEvent]) -> Published:
+        """Hand events over and wait for the broker's verdict on each (bounded by the sink's timeout)."""
         ...
 
     def close(self) -> None: ...
 
 
-class KafkaEventSink:
-    """Accepted events to Kafka through the SDK; one producer per process."""
+QUEUE_FULL = "not accepted: the event queue towards Kafka is full; resend this event"
 
-    def __init__(self, config: KafkaEvents, metrics: ServingMetrics) -> None:
-        settings = KafkaSettings(
+
+class KafkaEventSink:
+    """Accepted events to Kafka through the SDK, answered only once the broker acknowledged them.
+
+    One idempotent producer per process. A request waits for the delivery report of each of its
+    events, at most `ack_timeout_s` (the producer's own delivery timeout, so an event reported as
+    not delivered is not delivered later either, barring a lost acknowledgement): what the API
+    answers as accepted is on the broker, so a killed pod loses nothing it acknowledged, and a
+    client resends what it was told to (the stream job drops duplicates by event_id). A
+    `KafkaException` from the producer rejects the events it concerns; a fatal one (e.g. the
+    idempotent producer's sequence broke) replaces the producer, so later requests still work.
+    """
+
+    def __init__(
+        self,
+        config: KafkaEvents,
+        metrics: ServingMetrics,
+        make_publisher: Callable[[KafkaSettings, DeliveryCallback], EventPublisher] = EventPublisher,
+    ) -> None:
+        self._settings = KafkaSettings(
             bootstrap_servers=config.bootstrap_servers,
             topic=config.topic,
             security_protocol=config.security_protocol,
@@ -133,54 +164,158 @@ class KafkaEventSink:
             sasl_username=config.sasl_username,
             sasl_password=config.sasl_password,
             queue_full_timeout_s=config.queue_full_timeout_s,
+            delivery_timeout_ms=int(config.ack_timeout_s * 1000),
             client_id="freshrank-serve",
         )
+        self._config = config
         self._metrics = metrics
-        self._publisher = EventPublisher(settings, on_delivery=self._delivered)
+        self._make_publisher = make_publisher
+        self._publisher = make_publisher(self._settings, self._delivered)
+        self._lock = threading.Lock()
+        # Events waiting for their delivery report: id(event) -> (event, loop, future). The event is
+        # held so its id cannot be reused before the report arrives.
+        self._waiting: dict[int, tuple[InteractionEvent, asyncio.AbstractEventLoop, asyncio.Future[str | None]]] = {}
+        self._closed = threading.Event()
+        # Delivery reports are served by this thread, not by whichever request polls next.
+        self._poller = threading.Thread(target=self._serve_reports, name="event-delivery-reports", daemon=True)
+        self._poller.start()
+
+    def _serve_reports(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self._publisher.poll(0.05)
+            except Exception:  # a poll must never end the thread that resolves every waiting request
+                log.exception("serving delivery reports failed")
+                self._closed.wait(0.05)
 
     def _delivered(self, event: InteractionEvent, error: KafkaError | None) -> None:
         self._metrics.events.labels("delivered" if error is None else "failed").inc()
         if error is not None:
             log.warning("event %s not delivered: %s", event.event_id, error)
+        with self._lock:
+            waiting = self._waiting.pop(id(event), None)
+        if waiting is not None:
+            _, loop, future = waiting
+            outcome = None if error is None else f"not delivered to Kafka ({error.str()}); resend this event"
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle, future, outcome)
 
-    def _publish(self, events: list[InteractionEvent]) -> int:
-        for taken, event in enumerate(events):
+    def _enqueue(self, events: list[InteractionEvent], futures: list[asyncio.Future[str | None]]) -> list[str | None]:
+        """Produce each event; returns per event None (enqueued: wait for its report) or why it was not."""
+        if not events:
+            return []
+        loop = futures[0].get_loop()
+        outcomes: list[str | None] = []
+        for event, future in zip(events, futures, strict=True):
+            if outcomes and outcomes[-1] == QUEUE_FULL:
+                outcomes.append(QUEUE_FULL)  # keep order: nothing after a refused event goes first
+                continue
+            with self._lock:
+                self._waiting[id(event)] = (event, loop, future)
             try:
                 self._publisher.publish(event)
+                outcomes.append(None)
+                continue
             except PublisherBackpressure:
-                return taken
+                outcomes.append(QUEUE_FULL)
+            except KafkaException as exception:
+                outcomes.append(self._producer_failed(exception))
             except SchemaRegistryUnavailable as error:
-                if taken:
-                    return taken
-                raise EventsUnavailable(f"{error}; nothing was accepted, retry", 5.0) from None
+                outcomes.append(f"not accepted: {error}; resend this event")
             except SchemaRegistryRefused as error:
-                if taken:
-                    return taken
-                raise EventsUnavailable(f"{error}; nothing was accepted", 60.0) from None
-        return len(events)
+                outcomes.append(f"not accepted: the schema registry refused our schema ({error})")
+            except SDKError as error:
+                outcomes.append(f"not accepted: {error}; resend this event")
+            with self._lock:
+                self._waiting.pop(id(event), None)
+        return outcomes
 
-    async def publish(self, events: list[InteractionEvent]) -> int:
+    def _producer_failed(self, exception: KafkaException) -> str:
+        error = exception.args[0] if exception.args and isinstance(exception.args[0], KafkaError) else None
+        if error is not None and error.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            self._metrics.events.labels("too_large").inc()
+            return "the broker refuses this event: it is larger than the topic's message size limit"
+        if error is not None and error.fatal():
+            self._replace_publisher(error)
+        else:
+            log.error("the Kafka producer refused an event: %s", exception)
+        return f"not accepted: the Kafka producer failed ({exception}); resend this event"
+
+    def _replace_publisher(self, error: KafkaError) -> None:
+        """A fatal producer error: every later produce() would fail. Start a new producer; fail the old one's."""
+        log.error("fatal Kafka producer error, replacing the producer: %s", error)
+        self._metrics.events.labels("producer_replaced").inc()
+        with self._lock:
+            old = self._publisher
+            self._publisher = self._make_publisher(self._settings, self._delivered)
+        with contextlib.suppress(Exception):
+            old.close(timeout_s=0)  # its queue cannot be delivered: reports come back as failures
+        self._fail_waiting("the Kafka producer was replaced after a fatal error")
+
+    def _fail_waiting(self, reason: str) -> None:
+        """Answer every request still waiting for a report that will not come."""
+        with self._lock:
+            failed = list(self._waiting.values())
+            self._waiting.clear()
+        for _, loop, future in failed:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, future, f"not delivered: {reason}; resend this event")
+
+    async def publish(self, events: list[InteractionEvent]) -> Published:
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[str | None]] = [loop.create_future() for _ in events]
         # A full producer queue blocks for up to queue_full_timeout_s: keep it off the event loop.
-        return await asyncio.to_thread(self._publish, events)
+        enqueued = await asyncio.to_thread(self._enqueue, events, futures)
+        outcomes: list[str | None] = []
+        deadline = loop.time() + self._config.ack_timeout_s + 1.0  # the producer gives up first
+        for event, refused, future in zip(events, enqueued, futures, strict=True):
+            if refused is not None:
+                outcomes.append(refused)
+                continue
+            try:
+                async with asyncio.timeout_at(deadline):
+                    outcomes.append(await asyncio.shield(future))
+            except TimeoutError:
+                with self._lock:
+                    self._waiting.pop(id(event), None)
+                outcomes.append("not acknowledged by Kafka in time; resend this event (duplicates are dropped)")
+        return Published(outcomes, retry_after_s=1.0)
 
-    def close(self) -> None:
+    def close(self, timeout_s: float | None = None) -> int:
+        """Flush for at most `timeout_s` (config `shutdown_flush_s`); returns how many events were left undelivered."""
+        timeout = self._config.shutdown_flush_s if timeout_s is None else timeout_s
         try:
-            self._publisher.close(timeout_s=10)
+            self._publisher.close(timeout_s=timeout)
+            left = 0
+        except UndeliveredEventsError as error:
+            left = error.pending
+            log.error("shutdown: %d events were not acknowledged by Kafka within %.1f s", error.pending, timeout)
         except SDKError as error:
+            left = 0
             log.error("closing the event publisher: %s", error)
+        self._closed.set()
+        self._poller.join(timeout=1.0)
+        self._metrics.events.labels("undelivered_at_shutdown").inc(left)
+        self._fail_waiting("the API is shutting down")
+        return left
+
+
+def _settle(future: asyncio.Future[str | None], outcome: str | None) -> None:
+    if not future.done():
+        future.set_result(outcome)
 
 
 class MemoryEventSink:
-    """Keeps accepted events in a list (test double)."""
+    """Keeps accepted events in a list (test double); `capacity` makes it refuse the rest as a full queue would."""
 
     def __init__(self) -> None:
         self.events: list[InteractionEvent] = []
         self.capacity: int | None = None
 
-    async def publish(self, events: list[InteractionEvent]) -> int:
+    async def publish(self, events: list[InteractionEvent]) -> Published:
         room = len(events) if self.capacity is None else max(0, self.capacity - len(self.events))
         self.events.extend(events[:room])
-        return min(room, len(events))
+        return Published([None] * min(room, len(events)) + [QUEUE_FULL] * max(0, len(events) - room))
 
     def close(self) -> None:
         return None

@@ -16,6 +16,7 @@ that the refresh task replaces whole.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import OrderedDict
@@ -35,6 +36,14 @@ log = logging.getLogger("freshrank.serving.items")
 
 ITEM_COLUMNS = np.array([RANKER_FEATURES.index(name) for name in ITEM_RANKER_FEATURES], dtype=np.intp)
 CATALOG_FALLBACK_SIZE = 500
+# Bounds on what request-supplied ids can make the cache hold or read. Candidate ids come from
+# clients: a flood of random ids must cost neither memory nor Redis load without limit.
+PENDING_MAX = 5_000
+"""Missed items queued for a quick read; further misses wait for room (counted, answers say `partial`)."""
+PENDING_READ_BATCH = 500
+"""Items read per quick read (one pipeline); with the 50 ms gather that is at most ~10k HMGETs/s."""
+ABSENT_MAX = 100_000
+"""Items known to have no row (not read again until the next full refresh); least recently missed go first."""
 
 
 def wall_ms() -> int:
@@ -69,8 +78,9 @@ class Catalog:
     def aligned(self, item_ids: Sequence[str]) -> CatalogColumns:
         """The catalog columns of these items, in this order (unknown items read as no `ItemMeta`)."""
         index, columns = self._table
-        get = index.get
-        return columns.take(np.array([get(item_id, -1) for item_id in item_ids], dtype=np.intp))
+        n = len(item_ids)
+        # map over dict.get with a repeated default: the loop stays in C (~25 % faster than a listcomp).
+        return columns.take(np.fromiter(map(index.get, item_ids, itertools.repeat(-1, n)), dtype=np.intp, count=n))
 
     def load(self, metas: Sequence[ItemMeta]) -> None:
         self._metas = {meta.item_id: meta for meta in metas}
@@ -200,10 +210,11 @@ class ItemFeatureCache:
         self.clock_ms = clock_ms
         self.snapshot = ItemSnapshot.empty()
         self.popular: list[str] = []
-        # Items requests asked for, most recent last; bounded by max_items.
+        # Items requests asked for that exist in the store, most recent last; bounded by max_items.
         self._interest: OrderedDict[str, None] = OrderedDict()
-        self._pending: set[str] = set()
-        self._absent: set[str] = set()
+        # Insertion-ordered dicts as bounded sets: oldest first, so the bound drops the oldest.
+        self._pending: dict[str, None] = {}
+        self._absent: OrderedDict[str, None] = OrderedDict()
         self._wake = asyncio.Event()
         self._backoff_s = 0.0
         self._retry_at = 0.0
@@ -211,8 +222,8 @@ class ItemFeatureCache:
 
     def lookup(self, item_ids: Sequence[str]) -> ItemLookup:
         snapshot = self.snapshot
-        get = snapshot.index.get
-        rows = np.array([get(item_id, -1) for item_id in item_ids], dtype=np.intp)
+        n = len(item_ids)
+        rows = np.fromiter(map(snapshot.index.get, item_ids, itertools.repeat(-1, n)), dtype=np.intp, count=n)
         not_yet_read = 0
         if (rows < 0).any():
             not_yet_read = self._want([item_ids[i] for i in np.flatnonzero(rows < 0)])
@@ -230,14 +241,34 @@ class ItemFeatureCache:
             interest.popitem(last=False)
 
     def _want(self, missing: list[str]) -> int:
-        """Queue a quick read of the missing items; returns how many were not known to be absent."""
-        unread = [item_id for item_id in missing if item_id not in self._absent]
-        new = [item_id for item_id in unread if item_id not in self._pending]
-        if new:
-            self._pending.update(new)
-            self.note_interest(new)
+        """Queue a quick read of the missing items; returns how many were not known to be absent.
+
+        Only items found by that read join the refreshed set (`note_interest`), so ids that exist
+        nowhere cost one read each and then sit in the bounded `_absent` memo.
+        """
+        absent, pending = self._absent, self._pending
+        unread = [item_id for item_id in missing if item_id not in absent]
+        room = PENDING_MAX - len(pending)
+        queued = 0
+        for item_id in unread:
+            if item_id in pending:
+                continue
+            if queued >= room:
+                self.metrics.item_cache_misses_dropped.inc(len(unread) - queued)
+                break
+            pending[item_id] = None
+            queued += 1
+        if queued:
             self._wake.set()
         return len(unread)
+
+    def _mark_absent(self, item_ids: Sequence[str]) -> None:
+        absent = self._absent
+        for item_id in item_ids:
+            absent[item_id] = None
+            absent.move_to_end(item_id)
+        while len(absent) > ABSENT_MAX:
+            absent.popitem(last=False)
 
     def refresh_age_s(self) -> float | None:
         refreshed = self.snapshot.refreshed_ms
@@ -270,8 +301,10 @@ class ItemFeatureCache:
             log.warning("item features not refreshed: %s", error)
             return False
         self.snapshot = ItemSnapshot.build(rows, started)
-        self._absent = {item_id for item_id in ids if item_id not in rows}
-        self._pending -= set(ids)
+        self._absent = OrderedDict()
+        self._mark_absent([item_id for item_id in ids if item_id not in rows])
+        for item_id in ids:
+            self._pending.pop(item_id, None)
         self.last_error = None
         self._backoff_s = 0.0
         self.metrics.item_cache_refreshes.labels("ok").inc()
@@ -279,37 +312,58 @@ class ItemFeatureCache:
         return True
 
     async def read_pending(self) -> None:
-        pending = list(self._pending)[: self.max_items]
-        self._pending.difference_update(pending)
+        pending = list(itertools.islice(self._pending, PENDING_READ_BATCH))
         try:
             rows = await self.store.item_rows(pending)
         except OnlineStoreError as error:
-            self._failed(error)
-            self._pending.update(pending)  # read again once the back-off is over
+            self._failed(error)  # they stay queued: read again once the back-off is over
             return
+        for item_id in pending:
+            self._pending.pop(item_id, None)
         self._backoff_s = 0.0
-        self._absent.update(item_id for item_id in pending if item_id not in rows)
+        self._mark_absent([item_id for item_id in pending if item_id not in rows])
+        self.note_interest(list(rows))
         self.snapshot = self.snapshot.merged(rows)
         self.metrics.item_cache_items.set(len(self.snapshot.index))
 
     async def run(self) -> None:
-        """Background loop: full refreshes on a timer, quick reads of missed items in between."""
+        """Background loop: full refreshes on a timer, quick reads of missed items in between.
+
+        Never ends on an error: a failing step is logged, counted
+        (`freshrank_serve_item_cache_refreshes_total{outcome="error"}`) and retried after a back-off,
+        so one bad value cannot leave the pod serving stale features forever.
+        """
         next_full = 0.0
         while True:
-            now = time.monotonic()
-            if now >= next_full:
-                ok = await self.refresh()
-                next_full = time.monotonic() + (self.refresh_s if ok else self._backoff_s)
-                continue
-            if self._pending and now >= self._retry_at:
-                await asyncio.sleep(0.05)  # gather a few requests' misses into one read
-                await self.read_pending()
-                continue
-            self._wake.clear()
-            if self._pending:  # backing off after a failure: requests' wake-ups must not spin the loop
-                await asyncio.sleep(max(0.0, min(next_full, self._retry_at) - now))
-                continue
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_full - now))
-            except TimeoutError:
-                pass
+                next_full = await self._step(next_full)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.exception("item-feature refresh step failed; retrying")
+                self.metrics.item_cache_refreshes.labels("error").inc()
+                self.last_error = f"{type(error).__name__}: {error}"
+                self._backoff_s = min(max(0.5, 2 * self._backoff_s), self.refresh_s)
+                self._retry_at = time.monotonic() + self._backoff_s
+                next_full = min(next_full, self._retry_at)
+                await asyncio.sleep(self._backoff_s)
+
+    async def _step(self, next_full: float) -> float:
+        """One turn of the loop; returns when the next full refresh is due."""
+        now = time.monotonic()
+        if now >= next_full:
+            ok = await self.refresh()
+            return time.monotonic() + (self.refresh_s if ok else self._backoff_s)
+        if self._pending and now >= self._retry_at:
+            await asyncio.sleep(0.05)  # gather a few requests' misses into one read
+            await self.read_pending()
+            return next_full
+        self._wake.clear()
+        if self._pending:  # backing off after a failure: requests' wake-ups must not spin the loop
+            await asyncio.sleep(max(0.0, min(next_full, self._retry_at) - now))
+            return next_full
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_full - now))
+        except TimeoutError:
+            pass
+        return next_full

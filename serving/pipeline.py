@@ -38,7 +38,7 @@ from serving.experiments import Experiments
 from serving.items import Catalog, ItemFeatureCache, wall_ms
 from serving.metrics import ServingMetrics
 from serving.models import LoadedModel, ModelRegistry
-from serving.online_store import FeatureRow, InMemoryOnlineStore, OnlineStoreError, RedisOnlineReader
+from serving.online_store import CorruptRow, FeatureRow, InMemoryOnlineStore, OnlineStoreError, RedisOnlineReader
 from serving.policies import FloatArray, PolicyConfig, Slot, choose_slate, fallback_scores
 from serving.settings import ServingSettings
 
@@ -181,10 +181,21 @@ class FeedRanker:
             degraded.append(f"{stage}:deadline")
             self.breaker.failure()
             return None
+        except CorruptRow as error:
+            # The store answered; the stored value is bad. Degrade this answer, keep the breaker closed.
+            log.debug("%s: %s", stage, error)
+            degraded.append(f"{stage}:corrupt")
+            return None
         except OnlineStoreError as error:
             log.debug("%s read failed: %s", stage, error)
             degraded.append(f"{stage}:store_unavailable")
             self.breaker.failure()
+            return None
+        except Exception:
+            # Anything else from a read (a decoder bug, a client library surprise) degrades this
+            # answer too: no stored value may turn a request into a 500.
+            log.exception("%s read failed unexpectedly", stage)
+            degraded.append(f"{stage}:error")
             return None
         finally:
             self._stages[stage].observe(time.perf_counter() - started)
@@ -279,7 +290,14 @@ class FeedRanker:
 
         # feature_matrix's own columns code, fed with columns: the item block from the cache (laid
         # out by feature_matrix at refresh time) and the catalog aligned to the candidates.
-        matrix = feature_matrix_columns(user, item_block, catalog, candidates, now_ms)
+        try:
+            matrix = feature_matrix_columns(user, item_block, catalog, candidates, now_ms)
+        except Exception:
+            # A decodable user row with values of the wrong shape: rank as for a user without features.
+            log.exception("feature matrix failed for user %r; ranking without user features", query.user_id[:128])
+            degraded.append("user_features:unusable")
+            user = None
+            matrix = feature_matrix_columns(None, item_block, catalog, candidates, now_ms)
         t2 = time.perf_counter()
         self._stages["matrix"].observe(t2 - t1)
 

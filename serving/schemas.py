@@ -114,4 +114,8 @@ class ReadyStatus(BaseModel):
     online_store: bool
     item_cache_items: int
     item_cache_age_s: float | None
+    item_cache_error: str | None = None
+    """The last item-feature read error, if the last attempt failed."""
+    stopped_tasks: list[str] = []
+    """Background tasks that ended (refresh, watchers): the pod is then not ready."""
     catalog_items: int

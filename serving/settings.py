@@ -3,8 +3,9 @@
 Defaults run against the local stack of `freshrank up`. Backends are chosen by a
 `type` field (`online_store.type`: redis | memory, `events.type`: kafka | memory);
 nested fields come from variables with `__`, e.g.
-`FRESHRANK_SERVE_ONLINE_STORE__ADDRESS=10.0.0.5:6379`. Outside `environment=dev`
-the API refuses to start with the default API key.
+`FRESHRANK_SERVE_ONLINE_STORE__ADDRESS=10.0.0.5:6379`. The environment is
+`production` unless set to `dev`: production refuses to start without explicit
+ingest keys or with a development key, so an API deployed by hand is not open.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_API_KEY = "dev-key"
+DEFAULT_ADMIN_KEY = "dev-admin-key"
 
 
 class RedisOnlineStore(BaseModel):
@@ -75,6 +77,11 @@ class KafkaEvents(BaseModel):
     """SASL password (secret)."""
     queue_full_timeout_s: float = Field(0.05, ge=0)
     """How long a request waits for room in the producer queue before answering 503."""
+    ack_timeout_s: float = Field(5.0, gt=0)
+    """How long a request waits for the broker to acknowledge its events (also the producer's delivery
+    timeout); events not acknowledged by then are answered as not accepted, to be resent."""
+    shutdown_flush_s: float = Field(10.0, ge=0)
+    """At shutdown, how long the producer may still deliver what it holds before the process exits."""
 
 
 class MemoryEvents(BaseModel):
@@ -94,16 +101,24 @@ class ServingSettings(BaseSettings):
     )
 
     environment: Literal["dev", "production"] = Field(
-        "dev", description="`production` refuses to start with the default API key."
+        "production",
+        description="`production` (the default) needs explicit FRESHRANK_SERVE_API_KEYS; `dev` (the local stack of "
+        "`freshrank up`, tests, benchmarks) falls back to the development keys.",
     )
     host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(8000, ge=0, le=65535, description="HTTP port.")
     workers: int = Field(
         1, ge=1, le=64, description="Server processes, each with its own ONNX session and caches (scales with cores)."
     )
-    api_keys: SecretStr = Field(
-        SecretStr(DEFAULT_API_KEY),
-        description="Comma-separated API keys accepted on /v1/events and /v1/admin/* (Bearer or X-API-Key).",
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated ingest keys accepted on POST /v1/events (Bearer or X-API-Key). Required in "
+        "production; `dev` falls back to `dev-key`. They do not open /v1/admin/*.",
+    )
+    admin_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated keys for /v1/admin/* (reload, model and experiment status). None in production: "
+        "the admin endpoints answer 403; `dev` falls back to `dev-admin-key`. Must not repeat an ingest key.",
     )
     cors_origins: str = Field(
         "",
@@ -140,6 +155,15 @@ class ServingSettings(BaseSettings):
     max_candidates: int = Field(1000, gt=0, description="Most candidates a request may send.")
     max_body_bytes: int = Field(1 << 20, gt=0, description="Largest request body, in bytes.")
     max_events_per_batch: int = Field(500, gt=0, description="Most events in one POST /v1/events.")
+    max_in_flight: int = Field(
+        64, gt=0, description="Requests one worker handles at once; beyond, 503 `overloaded` with Retry-After."
+    )
+    request_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Bound on any request (504 beyond). Ranking stages have their own, far shorter deadlines; "
+        "must exceed events.ack_timeout_s + 1 (an events request waits for Kafka's acknowledgement).",
+    )
 
     exploration_share: float = Field(0.1, ge=0, le=1, description="Share of the k slots for exploring new items.")
     new_item_max_age_s: float = Field(86_400.0, gt=0, description="An item younger than this may be explored.")
@@ -147,14 +171,24 @@ class ServingSettings(BaseSettings):
     filter_seen: bool = Field(True, description="Drop items in the user's recent history (user_last_item_ids).")
 
     @model_validator(mode="after")
-    def _no_default_secret_outside_dev(self) -> ServingSettings:
+    def _explicit_keys_outside_dev(self) -> ServingSettings:
+        if self.environment != "dev":
+            if self.api_keys is None:
+                raise ValueError(
+                    "refusing to start: set FRESHRANK_SERVE_API_KEYS (comma-separated ingest keys for /v1/events), "
+                    "or FRESHRANK_SERVE_ENVIRONMENT=dev for a local run"
+                )
+            if {DEFAULT_API_KEY, DEFAULT_ADMIN_KEY} & {*self.keys(), *self.admin_key_list()}:
+                raise ValueError(
+                    "refusing to start: FRESHRANK_SERVE_API_KEYS or FRESHRANK_SERVE_ADMIN_KEYS still holds a default "
+                    "development key; set your own keys for environment=production"
+                )
         if not self.keys():
             raise ValueError("FRESHRANK_SERVE_API_KEYS must hold at least one key")
-        if self.environment != "dev" and DEFAULT_API_KEY in self.keys():
-            raise ValueError(
-                "refusing to start: FRESHRANK_SERVE_API_KEYS still holds the default development key; "
-                "set your own keys (comma-separated) for environment=production"
-            )
+        if set(self.keys()) & set(self.admin_key_list()):
+            raise ValueError("a key is both an ingest key and an admin key: FRESHRANK_SERVE_ADMIN_KEYS must differ")
+        if isinstance(self.events, KafkaEvents) and self.request_timeout_s <= self.events.ack_timeout_s + 1:
+            raise ValueError("request_timeout_s must exceed events.ack_timeout_s + 1 s")
         if self.default_k > self.max_k:
             raise ValueError("default_k must not exceed max_k")
         return self
@@ -163,4 +197,17 @@ class ServingSettings(BaseSettings):
         return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     def keys(self) -> list[str]:
-        return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+        """Ingest keys (POST /v1/events)."""
+        if self.api_keys is None:
+            return [DEFAULT_API_KEY] if self.environment == "dev" else []
+        return _split(self.api_keys)
+
+    def admin_key_list(self) -> list[str]:
+        """Admin keys (/v1/admin/*); empty = the admin endpoints are disabled."""
+        if self.admin_keys is None:
+            return [DEFAULT_ADMIN_KEY] if self.environment == "dev" else []
+        return _split(self.admin_keys)
+
+
+def _split(keys: SecretStr) -> list[str]:
+    return [key.strip() for key in keys.get_secret_value().split(",") if key.strip()]

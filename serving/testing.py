@@ -116,9 +116,11 @@ class AppClient:
     requests and `wait()`. Use as a context manager.
     """
 
-    def __init__(self, app: Any, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, app: Any, headers: dict[str, str] | None = None, raise_app_exceptions: bool = True) -> None:
         self.app = app
         self.headers = headers or {}
+        # False: an unhandled error answers what a real server would send (the 500) instead of raising.
+        self.raise_app_exceptions = raise_app_exceptions
         self._loop = asyncio.new_event_loop()
         self._stack = contextlib.AsyncExitStack()
         self._client: httpx.AsyncClient | None = None
@@ -128,7 +130,7 @@ class AppClient:
 
         async def start() -> httpx.AsyncClient:
             await self._stack.enter_async_context(self.app.router.lifespan_context(self.app))
-            transport = httpx.ASGITransport(app=self.app)
+            transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=self.raise_app_exceptions)
             return await self._stack.enter_async_context(
                 httpx.AsyncClient(transport=transport, base_url="http://freshrank.test", headers=self.headers)
             )
@@ -147,6 +149,16 @@ class AppClient:
     def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         assert self._client is not None, "use AppClient as a context manager"
         return self._loop.run_until_complete(self._client.request(method, url, **kwargs))
+
+    def concurrently(self, method: str, url: str, count: int, **kwargs: Any) -> list[httpx.Response]:
+        """`count` identical requests in flight at the same time."""
+        assert self._client is not None, "use AppClient as a context manager"
+        client = self._client
+
+        async def all_of() -> list[httpx.Response]:
+            return list(await asyncio.gather(*(client.request(method, url, **kwargs) for _ in range(count))))
+
+        return self._loop.run_until_complete(all_of())
 
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.request("GET", url, **kwargs)

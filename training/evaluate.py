@@ -37,6 +37,7 @@ from training.ranker import (
     TrainedRanker,
     check_parity,
     export_onnx,
+    first_trees,
     train_ranker,
 )
 from training.registry import ModelSpec, TrainingWindow
@@ -165,6 +166,7 @@ class Experiment:
                 "source": source_name,
                 "label": "engaged",
                 "best_iteration": self.ranker.best_iteration,
+                "full_model": report.get("full_model"),
                 "params": self.ranker.params,
                 "parity_max_abs_diff": self.parity_max_abs_diff,
                 "split": report["split"],
@@ -202,12 +204,22 @@ def run_experiment(
     split, train, valid, test = split_dataset(
         dataset, valid_fraction, test_fraction, dataset_config.attribution_window_ms
     )
-    ranker = train_ranker(
+    trained = train_ranker(
         train.features, train.engaged, valid.features, valid.engaged, train_config, step("training LightGBM")
     )
+    ranker = trained if train_config.serving_trees is None else first_trees(trained, train_config.serving_trees)
     onnx = export_onnx(ranker)
     parity = check_parity(ranker, onnx, test.features)
     report = evaluate(OnnxRanker(onnx), test, source.truth)
+    if ranker is not trained:
+        # What serving fewer trees trades: the full model's test metrics beside the served one's.
+        full = evaluate(OnnxRanker(export_onnx(trained)), test, source.truth)
+        report["full_model"] = {
+            "trees": trained.best_iteration,
+            "auc": full["auc"]["ranker_live"],
+            "ndcg@10": full["ndcg@10"]["ranker_live"],
+            "log_loss": full["log_loss"]["ranker_live"],
+        }
     report["targets"] = targets(report)
     report["parity_max_abs_diff"] = parity
     report["split"] = {
@@ -218,5 +230,9 @@ def run_experiment(
         "valid_impressions": len(valid),
         "test_impressions": len(test),
     }
-    report["model"] = {"best_iteration": ranker.best_iteration, "objective": "binary"}
+    report["model"] = {
+        "best_iteration": trained.best_iteration,
+        "serving_trees": ranker.best_iteration,
+        "objective": "binary",
+    }
     return Experiment(dataset, split, train, valid, test, ranker, onnx, parity, report)

@@ -48,6 +48,10 @@ class TrainConfig:
     run several times slower than one thread."""
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    serving_trees: int | None = None
+    """Serve only the first N trees (None: every tree early stopping kept). Scoring cost is linear in
+    trees (82 trees: ~1.7 ms for 500 candidates, half of a feed request's CPU); the evaluation then
+    reports the full model's AUC and NDCG@10 next to the served one's (`full_model`)."""
 
     def params(self) -> dict[str, Any]:
         return {
@@ -115,6 +119,16 @@ def train_ranker(
     # Keep only the trees early stopping chose, so LightGBM and the ONNX export are the same model.
     text = float32_thresholds(booster.model_to_string(num_iteration=best))
     return TrainedRanker(lgb.Booster(model_str=text), best, params)
+
+
+def first_trees(ranker: TrainedRanker, trees: int) -> TrainedRanker:
+    """The ranker cut to its first `trees` trees (boosting is additive: a prefix is a complete model)."""
+    import lightgbm as lgb
+
+    if trees >= ranker.best_iteration:
+        return ranker
+    text = ranker.booster.model_to_string(num_iteration=trees)
+    return TrainedRanker(lgb.Booster(model_str=text), trees, {**ranker.params, "serving_trees": trees})
 
 
 def _round_down_to_float32(value: float) -> float:

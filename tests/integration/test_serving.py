@@ -31,10 +31,12 @@ from features.definitions import ITEM_FEATURE_NAMES, USER_FEATURE_NAMES
 from features.ranking import ItemMeta, feature_matrix
 from sdk.publisher import wall_clock_ms
 from serving.app import create_app
-from serving.settings import MemoryEvents, RedisOnlineStore, ServingSettings
+from serving.items import PENDING_MAX
+from serving.settings import KafkaEvents, MemoryEvents, RedisOnlineStore, ServingSettings
 from serving.testing import AppClient
 
-ADMIN = {"Authorization": "Bearer dev-key"}
+ADMIN = {"Authorization": "Bearer dev-admin-key"}
+INGEST = {"Authorization": "Bearer dev-key"}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,7 @@ def model_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def settings_for(redis_address: str, registry: Path, world: SeededWorld, **overrides: Any) -> ServingSettings:
     values: dict[str, Any] = {
+        "environment": "dev",
         "online_store": RedisOnlineStore(address=redis_address),
         "events": MemoryEvents(),
         "model_registry": registry,
@@ -178,6 +181,11 @@ def test_redis_stopped_or_frozen_every_answer_is_200_and_degraded(
                 assert response.status_code == 200, response.text
                 assert response.json()["degraded"]
             assert client.get("/readyz").json()["online_store"] is False
+            # A flood of ids nobody knows, while reads fail: the read queue stays bounded.
+            for n in range(40):
+                flood = {"user_id": "flood", "candidates": [f"rand-{n}-{m}" for m in range(500)], "k": 5}
+                assert client.post("/v1/rank", json=flood).status_code == 200
+            assert len(client.services.items._pending) <= PENDING_MAX
         finally:
             if redis_server.process is not None and redis_server.process.poll() is None:
                 os.kill(redis_server.process.pid, signal.SIGCONT)
@@ -192,6 +200,43 @@ def test_redis_stopped_or_frozen_every_answer_is_200_and_degraded(
             client.wait(0.5)
         metrics = client.get("/metrics").text
         assert 'freshrank_serve_requests_total{route="/v1/rank",status="500"}' not in metrics
+
+
+def test_corrupt_hashes_in_redis_degrade_answers_and_never_stop_the_refresh(
+    redis_server: Component, model_registry: Path, world: SeededWorld
+) -> None:
+    import redis
+
+    from serving.online_store import FeastRedisLayout
+
+    layout_item = FeastRedisLayout("freshrank", ITEM_VIEW, "item_id", ITEM_FEATURE_NAMES)
+    layout_user = FeastRedisLayout("freshrank", USER_VIEW, "user_id", USER_FEATURE_NAMES)
+    bad_item, bad_user = world.items[7], world.users[3]
+    host, _, port = redis_server.address.rpartition(":")
+    client = redis.Redis(host=host, port=int(port))
+    saved_item = client.hgetall(layout_item.key(bad_item))
+    saved_user = client.hgetall(layout_user.key(bad_user))
+    client.hset(layout_item.key(bad_item), layout_item.fields[0], b"\xff\xfe not a protobuf")
+    client.hset(layout_user.key(bad_user), layout_user.fields[0], b"\xff\xfe not a protobuf")
+    try:
+        settings = settings_for(redis_server.address, model_registry, world, item_refresh_s=0.2)
+        with AppClient(create_app(settings)) as api:
+            api.wait(0.6)  # a few full refreshes over the corrupt hash
+            task = next(t for t in api.services.background if t.get_name() == "item features")
+            assert not task.done()
+            snapshot = api.services.items.snapshot
+            assert bad_item not in snapshot.index and world.items[8] in snapshot.index
+            ready = api.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["item_cache_age_s"] < 5
+            answer = api.post("/v1/rank", json={"user_id": bad_user, "candidates": world.items[:20], "k": 5})
+            assert answer.status_code == 200 and "user_features:corrupt" in answer.json()["degraded"]
+            metrics = api.get("/metrics").text
+            assert 'freshrank_serve_corrupt_rows_total{entity="item"}' in metrics
+            assert 'freshrank_serve_corrupt_rows_total{entity="user"}' in metrics
+    finally:
+        client.hset(layout_item.key(bad_item), mapping=saved_item)
+        client.hset(layout_user.key(bad_user), mapping=saved_user)
+        client.close()
 
 
 def test_a_corrupt_model_is_refused_and_the_old_model_keeps_serving(
@@ -241,6 +286,7 @@ def test_freshrank_serve_runs_as_a_process(
         "FRESHRANK_SERVE_MODEL_REGISTRY": str(model_registry),
         "FRESHRANK_SERVE_CATALOG_PATH": str(world.catalog_path),
         "FRESHRANK_SERVE_EVENTS__TYPE": "memory",
+        "FRESHRANK_SERVE_ENVIRONMENT": "dev",
     }
     api = start_api(env, port, tmp_path / "serve.log")
     try:
@@ -328,9 +374,34 @@ def test_fuzzed_feed_requests_are_answered_or_refused_with_a_reason(api: AppClie
 @FUZZ
 @given(body=EVENT_BODIES)
 def test_fuzzed_event_batches_get_a_verdict_per_event(api: AppClient, body: Any) -> None:
-    response = api.post("/v1/events", json=body, headers=ADMIN)
+    response = api.post("/v1/events", json=body, headers=INGEST)
     assert_answer_or_reason(response, 202)
     if response.status_code == 202 or (response.status_code == 422 and "accepted" in response.json()):
         verdict = response.json()
         assert verdict["accepted"] + len(verdict["rejected"]) == len(body["events"])
         assert all(r["field"] and r["reason"] for r in verdict["rejected"])
+
+
+def test_accepted_events_are_on_the_broker_when_the_api_answers(
+    redis_server: Component, model_registry: Path, world: SeededWorld, bootstrap: str, fresh_topic: str
+) -> None:
+    from tests.integration.test_sdk_roundtrip import codec, read_all
+
+    now = wall_clock_ms()
+    settings = settings_for(
+        redis_server.address,
+        model_registry,
+        world,
+        events=KafkaEvents(bootstrap_servers=bootstrap, topic=fresh_topic),
+    )
+    batch = [
+        {"event_id": f"ack-{n}", "user_id": f"u-{n % 3}", "item_id": "i-1", "event_type": "click", "event_time": now}
+        for n in range(20)
+    ]
+    with AppClient(create_app(settings)) as client:
+        response = client.post("/v1/events", json={"events": batch}, headers=INGEST)
+        assert response.status_code == 202 and response.json() == {"accepted": 20, "rejected": []}
+        # Read while the API (and its producer) still run: acknowledged means already on the broker.
+        records = read_all(bootstrap, fresh_topic, expected=20, timeout_s=20)
+    decoded = [codec.decode(value) for _, _, value in records]
+    assert sorted(getattr(e, "event_id", "undecodable") for e in decoded) == sorted(e["event_id"] for e in batch)

@@ -84,6 +84,7 @@ def test_new_events_through_the_stream_job_change_the_users_ranking(
 ) -> None:
     write_linear_model(tmp_path / "models", 1)  # weighs the user's category affinity for the item
     settings = ServingSettings(
+        environment="dev",
         online_store=RedisOnlineStore(address=redis_server.address),
         events=KafkaEvents(bootstrap_servers=bootstrap, topic=fresh_topic),
         model_registry=tmp_path / "models",

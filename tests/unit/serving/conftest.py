@@ -72,6 +72,7 @@ def make_client(
 
     def make(**overrides: Any) -> AppClient:
         values: dict[str, Any] = {
+            "environment": "dev",
             "online_store": MemoryOnlineStore(),
             "events": MemoryEvents(),
             "model_registry": registry_dir,

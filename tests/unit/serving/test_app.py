@@ -18,6 +18,7 @@ from tests.factories import NOW_MS
 from tests.unit.serving.conftest import ITEMS
 
 KEY = {"X-API-Key": "dev-key"}
+ADMIN = {"X-API-Key": "dev-admin-key"}
 
 
 def event(**overrides: Any) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def test_ab_arms_use_their_pinned_model_versions(
         body = client.post("/v1/rank", json={"user_id": f"user-{n}", "candidates": ITEMS[:3]}).json()
         versions[body["arm"]].add(body["model"]["version"])
     assert versions == {"old": {1}, "new": {2}}
-    status = client.get("/v1/admin/models", headers=KEY).json()
+    status = client.get("/v1/admin/models", headers=ADMIN).json()
     assert status["loaded_versions"] == [1, 2]
     assert {a["name"]: a["serving_version"] for a in status["arms"]} == {"old": 1, "new": 2}
 
@@ -119,11 +120,11 @@ def test_ab_arms_use_their_pinned_model_versions(
 def test_a_new_model_version_is_picked_up_and_a_broken_one_refused(client: AppClient, registry_dir: Path) -> None:
     broken = write_linear_model(registry_dir, 2)
     (broken / "model.onnx").write_bytes(b"junk")
-    status = client.post("/v1/admin/reload", headers=KEY).json()
+    status = client.post("/v1/admin/reload", headers=ADMIN).json()
     assert status["serving_version"] == 1 and "2" in status["refused"]
     assert client.post("/v1/rank", json={"user_id": "u", "candidates": ["item-1"]}).json()["model"]["version"] == 1
     write_linear_model(registry_dir, 3)
-    assert client.post("/v1/admin/reload", headers=KEY).json()["serving_version"] == 3
+    assert client.post("/v1/admin/reload", headers=ADMIN).json()["serving_version"] == 3
 
 
 @pytest.mark.parametrize(
@@ -164,6 +165,22 @@ def test_events_need_an_api_key(client: AppClient) -> None:
     ok = client.post("/v1/events", json={"events": [event()]}, headers={"Authorization": "Bearer dev-key"})
     assert ok.status_code == 202
     assert client.get("/v1/admin/models").status_code == 401
+
+
+def test_ingest_keys_do_not_open_the_admin_endpoints(
+    make_client: Callable[..., AppClient],
+) -> None:
+    client = make_client()
+    assert client.get("/v1/admin/models", headers=KEY).status_code == 401
+    assert client.post("/v1/events", json={"events": [event()]}, headers=ADMIN).status_code == 401
+    assert client.get("/v1/admin/models", headers=ADMIN).status_code == 200
+    production = make_client(environment="production", api_keys="ingest-only")
+    off = production.get("/v1/admin/models", headers={"X-API-Key": "ingest-only"})
+    assert off.status_code == 403 and "FRESHRANK_SERVE_ADMIN_KEYS" in off.json()["message"]
+    assert (
+        production.post("/v1/events", json={"events": [event()]}, headers={"X-API-Key": "ingest-only"}).status_code
+        == 202
+    )
 
 
 def test_events_are_judged_one_by_one(client: AppClient) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from feast.infra.online_stores.redis import RedisOnlineStore as FeastRedisStore
 
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW, item_stream_features, user_stream_features
 from features.definitions import ITEM_FEATURE_NAMES, ITEM_FEATURES, USER_FEATURE_NAMES, USER_FEATURES
-from serving.online_store import FeastRedisLayout
+from serving.online_store import CorruptRow, FeastRedisLayout
 from streaming.online_store import to_value
 
 
@@ -38,3 +39,17 @@ def test_a_missing_hash_is_no_row_and_missing_fields_are_none() -> None:
     row = layout.decode(raw)
     assert row is not None and row.values[ITEM_FEATURES[0].name] == 3 and row.as_of_ms is None
     assert row.values[ITEM_FEATURES[1].name] is None and AS_OF_FIELD not in row.values
+
+
+def test_keys_are_feasts_keys_for_any_id() -> None:
+    layout = FeastRedisLayout("freshrank", ITEM_VIEW, "item_id", ITEM_FEATURE_NAMES)
+    for entity_id in ("", "item-1", "ü", "код-🙂", "x" * 300, "a:b/c d", "\x00\xff"):
+        assert layout.key(entity_id) == layout.feast_key(entity_id), entity_id
+
+
+def test_a_corrupt_field_is_a_corrupt_row_not_a_protobuf_error() -> None:
+    layout = FeastRedisLayout("freshrank", ITEM_VIEW, "item_id", ITEM_FEATURE_NAMES)
+    raw: list[bytes | None] = [None] * len(layout.fields)
+    raw[0] = b"\xff\xff not a Value"
+    with pytest.raises(CorruptRow, match=ITEM_FEATURES[0].name):
+        layout.decode(raw)

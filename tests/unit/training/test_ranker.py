@@ -89,3 +89,24 @@ def test_thresholds_between_adjacent_float32_values_keep_parity() -> None:
     np.testing.assert_array_equal(fixed.predict(x), booster.predict(x))
     ranker = TrainedRanker(fixed, 5, params)
     assert check_parity(ranker, export_onnx(ranker), x) < PARITY_TOLERANCE
+
+
+def test_a_serving_model_of_fewer_trees_reports_the_full_model_beside_it(
+    small_world: EventSource, experiment: Experiment
+) -> None:
+    full_trees = experiment.ranker.best_iteration
+    assert full_trees > 3
+    cut = run_experiment(
+        small_world,
+        DatasetConfig(attribution_window_ms=MINUTE_MS),
+        TrainConfig(max_rounds=60, early_stopping_rounds=20, min_data_in_leaf=40, serving_trees=3),
+    )
+    assert cut.ranker.best_iteration == 3 and cut.report["model"]["serving_trees"] == 3
+    assert cut.report["model"]["best_iteration"] == full_trees
+    graph = onnx.load_from_string(cut.onnx).graph
+    tree_ids = next(a for a in graph.node[0].attribute if a.name == "nodes_treeids").ints
+    assert len(set(tree_ids)) == 3
+    full = cut.report["full_model"]
+    assert full["trees"] == full_trees
+    assert full["auc"] == experiment.report["auc"]["ranker_live"]
+    assert cut.parity_max_abs_diff < PARITY_TOLERANCE
