@@ -141,12 +141,11 @@ def test_without_a_url_the_file_registry_is_used(monkeypatch: pytest.MonkeyPatch
     assert consumer_codec(SchemaRegistrySettings()).decode(EventCodec().encode(make_event())) == make_event()
 
 
-def test_the_http_collector_answers_503_with_the_reason_while_the_registry_is_down(
+def test_the_http_collector_names_the_registry_outage_for_every_event_it_could_not_send(
     registry: FakeSchemaRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import asyncio
 
-    from serving.errors import EventsUnavailable
     from serving.events import KafkaEventSink
     from serving.metrics import ServingMetrics
     from serving.settings import KafkaEvents
@@ -155,9 +154,11 @@ def test_the_http_collector_answers_503_with_the_reason_while_the_registry_is_do
     registry.state.fail_with = 503
     # No broker is needed: the registry is asked before anything is produced.
     sink = KafkaEventSink(KafkaEvents(bootstrap_servers="127.0.0.1:1"), ServingMetrics())
-    with pytest.raises(EventsUnavailable, match="schema registry request failed: HTTP 503") as raised:
-        asyncio.run(sink.publish([make_event()]))
-    assert raised.value.status_code == 503
+    published = asyncio.run(sink.publish([make_event()]))
+    # Nothing reached Kafka, with the reason per event: POST /v1/events answers that as a 503 to resend.
+    assert published.acknowledged == 0
+    assert published.outcomes[0] is not None and "schema registry request failed: HTTP 503" in published.outcomes[0]
+    assert "resend" in published.outcomes[0]
 
 
 def test_an_unknown_id_is_asked_again_after_the_ttl_a_known_one_never(registry: FakeSchemaRegistry) -> None:

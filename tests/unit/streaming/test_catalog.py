@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY
 
 from streaming.operators import Catalog
@@ -14,7 +17,11 @@ def failures() -> float:
     return REGISTRY.get_sample_value("freshrank_stream_catalog_reload_failures_total") or 0.0
 
 
-def test_a_half_written_catalog_is_refused_and_the_old_one_kept(tmp_path: Path) -> None:
+def test_a_half_written_catalog_is_refused_and_the_old_one_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reader child is the `python3` on PATH, as in the job (whose PATH starts with the venv).
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     path = tmp_path / "catalog.parquet"
     items = list(SyntheticWorld(WorldConfig(users=5, items=30, seed=3, start_ms=1_790_000_000_000)).catalog())
     write_catalog(items, path)
