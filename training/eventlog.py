@@ -20,7 +20,7 @@ import fastavro
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.admission import MAX_INGEST_SKEW_MS, at_ingest
+from features.admission import MAX_INGEST_SKEW_MS, at_ingest, clamp_to_ingest
 from features.codec import SchemaLookupError, from_record, to_record
 from features.events import InteractionEvent, Rejection
 from training.errors import SourceError
@@ -51,7 +51,7 @@ class ReadStats:
     clamped: int = 0
     """Events whose event time ran ahead of their record timestamp, clamped as the stream job clamps."""
     stale: int = 0
-    """Events over a day older than their record timestamp: late in the stream job whatever the user's state."""
+    """Events over a day older than their record timestamp, left out with `drop_stale` (the job counts them late)."""
 
 
 def write_events(events: Iterable[InteractionEvent], path: Path) -> int:
@@ -114,12 +114,16 @@ def read_topic(
     idle_s: float = 2.0,
     extra_config: dict[str, Any] | None = None,
     max_skew_ms: int = MAX_INGEST_SKEW_MS,
+    drop_stale: bool = False,
 ) -> Iterator[InteractionEvent]:
     """Every event in `topic`, from the first offset until the log is drained.
 
-    Each event is seen as the stream job sees it at its record timestamp
-    (`features.admission.at_ingest`): clamped to the timestamp + `max_skew_ms`,
-    dropped if over a day older than it; the rest of admission is `admitted_events`.
+    Each event's time is clamped to its record timestamp + `max_skew_ms`, as the stream
+    job clamps it (`features.admission.clamp_to_ingest`); the rest of admission is
+    `admitted_events`. The job also counts an event over a day older than its record
+    as late; a topic holding backfilled history (old events written now) would lose
+    all of it that way, so the replay keeps such events unless `drop_stale` asks for
+    exactly what a live job saw.
 
     Assigns all partitions explicitly (no consumer group, nothing committed) because the
     training replay must see the whole log. Drained = every partition has reached the
@@ -176,8 +180,9 @@ def read_topic(
                     stats.rejected += 1
                     continue
                 kind, stamp = message.timestamp()
-                event = at_ingest(decoded, stamp if kind != TIMESTAMP_NOT_AVAILABLE else None, max_skew_ms)
-                if event is None:
+                ingest_ms = stamp if kind != TIMESTAMP_NOT_AVAILABLE else None
+                event = clamp_to_ingest(decoded, ingest_ms, max_skew_ms)
+                if drop_stale and at_ingest(event, ingest_ms, max_skew_ms) is None:
                     stats.stale += 1
                     continue
                 stats.clamped += event is not decoded

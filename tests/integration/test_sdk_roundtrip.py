@@ -131,7 +131,7 @@ def test_with_a_schema_registry_the_sdk_and_the_collector_write_the_registry_id(
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("FRESHRANK_SCHEMA_REGISTRY_URL", registry.url)
             sink = KafkaEventSink(KafkaEvents(bootstrap_servers=bootstrap, topic=fresh_topic), ServingMetrics())
-            assert asyncio.run(sink.publish(events[10:])) == 10
+            assert asyncio.run(sink.publish(events[10:])).acknowledged == 10
             sink.close()
         assert registry.state.subjects == {f"{fresh_topic}-value": [100001]}
         records = read_all(bootstrap, fresh_topic, expected=20)
