@@ -25,3 +25,13 @@ def make_event(**overrides: Any) -> InteractionEvent:
         country="US",
     )
     return dataclasses.replace(event, **overrides)
+
+
+def avro_string_length(length: int) -> bytes:
+    """Zigzag varint length prefix of an Avro string of `length` bytes: frames hostile string bodies."""
+    n, out = length << 1, bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)

@@ -26,6 +26,7 @@ from features.events import EventType, InteractionEvent
 from features.partitioning import partition_for
 from sdk.publisher import wall_clock_ms
 from streaming.partition import MAX_REASON_BYTES
+from tests.factories import avro_string_length
 from tests.integration.streamjob import (
     StreamJob,
     encoded,
@@ -45,15 +46,6 @@ from training.synthetic import write_catalog
 StartJob = Callable[..., StreamJob]
 CODEC = EventCodec()
 PARTITIONS = 4
-
-
-def avro_string(length: int) -> bytes:
-    n, out = length << 1, bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def exact(
@@ -78,7 +70,7 @@ def test_poison_records_go_to_the_dlq_and_everyone_elses_features_keep_flowing(
     write_catalog(world.catalog(), tmp_path / "catalog.parquet")
     liar = next(f"liar-{n}" for n in range(100) if partition_for(f"liar-{n}".encode(), PARTITIONS) != 0)
     poison = [
-        (b"p1", HEADER.pack(0, 1) + avro_string(250_000) + b"\xff" * 250_000),  # invalid UTF-8 in event_id
+        (b"p1", HEADER.pack(0, 1) + avro_string_length(250_000) + b"\xff" * 250_000),  # invalid UTF-8 in event_id
         (b"p2", HEADER.pack(0, 1) + os.urandom(900_000)),  # framed random bytes
         (b"p3", HEADER.pack(0, 1) + os.urandom(1_000_000)),  # about 1 MB
         (b"p4", b"\x07garbage framing"),

@@ -21,6 +21,7 @@ from streaming.partition import (
     layout_problem,
 )
 from streaming.testing import FakeRecord, MemoryPartition, records_for
+from tests.factories import avro_string_length
 
 T0 = 1_795_000_000_000
 LATENESS_MS = 300_000
@@ -52,22 +53,12 @@ def view(n: int, user: str, t: int, kind: EventType = EventType.VIEW) -> Interac
     return InteractionEvent(f"e{n}-{user}", user, f"i{n % 5}", kind, t, watch_ms=1000)
 
 
-def avro_string(length: int) -> bytes:
-    """Zigzag varint length prefix of an Avro string of `length` bytes."""
-    n, out = length << 1, bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def outcomes(result: PollResult) -> int:
     return sum(result.counts.values())
 
 
 def test_poison_records_go_to_the_dlq_bounded_and_good_events_after_them_still_count() -> None:
-    invalid_utf8 = HEADER.pack(0, 1) + avro_string(250_000) + b"\xff" * 250_000
+    invalid_utf8 = HEADER.pack(0, 1) + avro_string_length(250_000) + b"\xff" * 250_000
     random_body = HEADER.pack(0, 1) + os.urandom(900_000)
     garbage_framing = b"\x07" + os.urandom(1_000)
     good = [view(n, "u-good", T0 + n) for n in range(50)]
