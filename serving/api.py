@@ -232,7 +232,8 @@ async def readyz(services: ServicesDep, response: Response) -> ReadyStatus:
     does, since the pod would otherwise serve stale item features for ever.
     """
     try:
-        store_ok = await asyncio.wait_for(services.store.ping(), 0.2)
+        async with asyncio.timeout(0.2):
+            store_ok = await services.store.ping()
     except TimeoutError:
         store_ok = False
     latest = services.registry.models.latest

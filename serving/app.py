@@ -39,6 +39,8 @@ log = logging.getLogger("freshrank.serving")
 
 # How long startup waits for the first item-feature and popular-list reads before serving anyway.
 STARTUP_READ_TIMEOUT_S = 5.0
+# How long shutdown waits for cancelled background tasks to end before it goes on without them.
+SHUTDOWN_TASKS_S = 5.0
 
 
 async def _every(
@@ -53,6 +55,19 @@ async def _every(
         except Exception:
             metrics.background_errors.labels(what).inc()
             log.exception("background %s failed; retrying in %.1f s", what, interval_s)
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel the background tasks and wait for them, for at most `SHUTDOWN_TASKS_S`.
+
+    A task that ignores its cancel (a library that swallows CancelledError) is logged and left
+    behind: shutdown must end so the process exits and the producer's flush still runs.
+    """
+    for task in tasks:
+        task.cancel()
+    _, running = await asyncio.wait(tasks, timeout=SHUTDOWN_TASKS_S)
+    for task in running:
+        log.error("background task %r did not stop within %.0f s of its cancel", task.get_name(), SHUTDOWN_TASKS_S)
 
 
 async def _refresh_popular(services: Services) -> None:
@@ -110,7 +125,8 @@ async def build_services(
 async def _first_read(read: Coroutine[Any, Any, object], what: str, metrics: ServingMetrics) -> None:
     """A startup read: slow or failing, it only delays the data (the background task retries), never the API."""
     try:
-        await asyncio.wait_for(read, STARTUP_READ_TIMEOUT_S)
+        async with asyncio.timeout(STARTUP_READ_TIMEOUT_S):
+            await read
     except TimeoutError:
         log.warning("first read of %s took over %.0f s; serving without it for now", what, STARTUP_READ_TIMEOUT_S)
     except Exception:
@@ -157,9 +173,7 @@ def create_app(
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _stop(tasks)
             await services.store.close()
             await asyncio.to_thread(services.events.close)
 

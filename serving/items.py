@@ -362,8 +362,11 @@ class ItemFeatureCache:
         if self._pending:  # backing off after a failure: requests' wake-ups must not spin the loop
             await asyncio.sleep(max(0.0, min(next_full, self._retry_at) - now))
             return next_full
+        # asyncio.timeout, not wait_for: in Python 3.11 wait_for swallows a cancel that arrives as the
+        # wake-up completes, and this loop would then outlive the app's shutdown.
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_full - now))
+            async with asyncio.timeout(max(0.0, next_full - now)):
+                await self._wake.wait()
         except TimeoutError:
             pass
         return next_full

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from serving import app as app_module
 from serving import items as items_module
 from serving.app import create_app
 from serving.events import MemoryEventSink
@@ -223,3 +224,50 @@ def test_a_request_past_the_overall_deadline_is_504(
     response = client.get("/v1/feed/u-1?k=5")
     store.delay_s = 0.0
     assert response.status_code == 504 and response.json()["error"] == "request_timeout"
+
+
+def test_the_item_refresh_loop_ends_on_a_cancel_that_arrives_with_a_wake_up(catalog_path: Path) -> None:
+    """A request's miss wakes the loop in the same turn the app's shutdown cancels it (seen in CI:
+    Python 3.11's wait_for returned the wake-up and swallowed the cancel, so shutdown hung)."""
+    catalog = Catalog(catalog_path)
+    catalog.reload_if_changed()
+    cache = ItemFeatureCache(InMemoryOnlineStore(), catalog, ServingMetrics(), 30.0, 1_000)
+
+    async def scenario() -> bool:
+        task = asyncio.create_task(cache.run())
+        while cache.snapshot.refreshed_ms is None or cache._wake.is_set():
+            await asyncio.sleep(0)  # until the first refresh is done and the loop waits for a wake-up
+        for _ in range(3):
+            await asyncio.sleep(0)
+        cache._wake.set()
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=2.0)
+        return task in done
+
+    assert asyncio.run(scenario()), "the refresh loop outlived its cancel"
+
+
+def test_shutdown_goes_on_without_a_task_that_ignores_its_cancel(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(app_module, "SHUTDOWN_TASKS_S", 0.2)
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await release.wait()  # swallows the cancel, as a misbehaving library might
+
+    async def scenario() -> float:
+        task = asyncio.create_task(stubborn(), name="stubborn")
+        await asyncio.sleep(0)
+        started = asyncio.get_running_loop().time()
+        await app_module._stop([task])
+        took = asyncio.get_running_loop().time() - started
+        release.set()
+        await task
+        return took
+
+    assert asyncio.run(scenario()) < 2.0
+    assert "'stubborn' did not stop" in caplog.text
