@@ -102,7 +102,7 @@ def seed_world(
     ] + [
         FeatureRow(ITEM_VIEW, item, dict(replay_item(evs, now)), now, now * 1000, None) for item, evs in by_item.items()
     ]
-    sink = OnlineStoreSink(redis_address, feast_registry)
+    sink = OnlineStoreSink(redis_address)
     sink.open()
     for start in range(0, len(rows), 500):
         sink.write(rows[start : start + 500])

@@ -20,6 +20,11 @@ def feast_env(redis_address: str, registry_path: Path | str) -> dict[str, str]:
     return {"FRESHRANK_REDIS_ADDRESS": redis_address, "FRESHRANK_FEAST_REGISTRY": registry}
 
 
+def project_name() -> str:
+    """The Feast project of this repo (`project:` in feature_store.yaml); part of every online-store key."""
+    return str(yaml.safe_load((REPO_PATH / "feature_store.yaml").read_text())["project"])
+
+
 def open_store(redis_address: str, registry_path: Path | str, key_ttl_s: int | None = None) -> FeatureStore:
     """A FeatureStore for `feature_store.yaml` with its two variables filled in from the arguments.
 

@@ -655,7 +655,7 @@ class OnlineStoreWriter(ProcessFunction):  # type: ignore[misc]
     def open(self, runtime_context: RuntimeContext) -> None:
         metrics.serve(self.settings.metrics_port, self.settings.metrics_bind_address)
         metrics.task_opened("OnlineStoreSink", *task_info(runtime_context))
-        self._sink = OnlineStoreSink(self.settings.redis_connection_string(), self.settings.feast_registry)
+        self._sink = OnlineStoreSink(self.settings.redis_connection_string())
         self._freshness = metrics.RecentFreshness(self.settings.freshness_window_s)
         self._retry(self._sink.open)
 

@@ -6,9 +6,9 @@ import pytest
 from feast.infra.online_stores.redis import RedisOnlineStore as FeastRedisStore
 
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW, item_stream_features, user_stream_features
+from feature_repo.layout import encode_value
 from features.definitions import ITEM_FEATURE_NAMES, ITEM_FEATURES, USER_FEATURE_NAMES, USER_FEATURES
 from serving.online_store import CorruptRow, FeastRedisLayout
-from streaming.online_store import to_value
 
 
 def test_hash_fields_are_the_ones_feast_reads() -> None:
@@ -24,8 +24,8 @@ def test_values_written_the_way_the_stream_job_writes_decode_to_the_same_python_
     layout = FeastRedisLayout("freshrank", USER_VIEW, "user_id", USER_FEATURE_NAMES)
     samples = {"int64": 7, "float64": 0.25, "string_list": ["i-1", "i-2"], "float_list": [0.5, 0.25]}
     written = {spec.name: samples[spec.dtype] for spec in USER_FEATURES}
-    raw = [to_value(spec.dtype, written[spec.name]).SerializeToString() for spec in USER_FEATURES]
-    raw.append(to_value("int64", 1_795_000_000_000).SerializeToString())
+    raw = [encode_value(spec.dtype, written[spec.name]) for spec in USER_FEATURES]
+    raw.append(encode_value("int64", 1_795_000_000_000))
     row = layout.decode(raw)
     assert row is not None
     assert dict(row.values) == written and row.as_of_ms == 1_795_000_000_000
@@ -35,7 +35,7 @@ def test_a_missing_hash_is_no_row_and_missing_fields_are_none() -> None:
     layout = FeastRedisLayout("freshrank", ITEM_VIEW, "item_id", ITEM_FEATURE_NAMES)
     assert layout.decode([None] * len(layout.fields)) is None
     raw: list[bytes | None] = [None] * len(layout.fields)
-    raw[0] = to_value(ITEM_FEATURES[0].dtype, 3).SerializeToString()
+    raw[0] = encode_value(ITEM_FEATURES[0].dtype, 3)
     row = layout.decode(raw)
     assert row is not None and row.values[ITEM_FEATURES[0].name] == 3 and row.as_of_ms is None
     assert row.values[ITEM_FEATURES[1].name] is None and AS_OF_FIELD not in row.values

@@ -1,0 +1,94 @@
+"""The stream job's sink writes Feast's Redis layout byte for byte, and Feast reads it back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+
+from cli.stack import Component
+from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
+from feature_repo.store import open_store
+from features.definitions import ITEM_FEATURES, USER_FEATURES, FeatureValue
+from streaming.entities import FeatureRow
+from streaming.online_store import KEY_TTL_S, OnlineStoreSink
+
+SAMPLES: dict[str, FeatureValue] = {"int64": -3, "float64": 0.1, "string_list": ["i-ü", ""], "float_list": [0.5, -1.0]}
+
+
+def feast_write(store: object, row: FeatureRow) -> None:
+    """Write `row` with Feast's own provider path (what the job did before it wrote Redis directly)."""
+    from datetime import UTC, datetime, timedelta
+
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import DoubleList, StringList, Value
+
+    def value(dtype: str, v: FeatureValue) -> Value:
+        if dtype == "int64":
+            return Value(int64_val=v)
+        if dtype == "float64":
+            return Value(double_val=v)
+        if dtype == "string_list":
+            return Value(string_list_val=StringList(val=v))
+        return Value(double_list_val=DoubleList(val=v))
+
+    specs = {spec.name: spec.dtype for spec in (*USER_FEATURES, *ITEM_FEATURES)}
+    values = {name: value(specs[name], v) for name, v in row.values.items()}
+    values[AS_OF_FIELD] = Value(int64_val=row.as_of_ms)
+    join_key = "user_id" if row.view == USER_VIEW else "item_id"
+    key = EntityKey(join_keys=[join_key], entity_values=[Value(string_val=row.entity_id)])
+    stamp = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=row.timestamp_us)
+    view = store.get_feature_view(row.view)  # type: ignore[attr-defined]
+    store._get_provider().online_write_batch(store.config, view, [(key, values, stamp, None)], None)  # type: ignore[attr-defined]
+
+
+def test_rows_are_byte_for_byte_what_feast_writes_and_feast_reads_them(
+    redis_server: Component, feast_registry: Path
+) -> None:
+    host, _, port = redis_server.address.rpartition(":")
+    client = redis.Redis(host=host, port=int(port))
+    rows = [
+        FeatureRow(
+            USER_VIEW,
+            "layout-user-ü",
+            {s.name: SAMPLES[s.dtype] for s in USER_FEATURES},
+            1_795_000_000_000,
+            1_795_000_000_000_321,
+            None,
+        ),
+        FeatureRow(
+            ITEM_VIEW,
+            "layout-item-1",
+            {s.name: SAMPLES[s.dtype] for s in ITEM_FEATURES},
+            1_795_000_000_500,
+            1_795_000_000_500_000,
+            None,
+        ),
+    ]
+    store = open_store(redis_server.address, feast_registry, key_ttl_s=KEY_TTL_S)
+    sink = OnlineStoreSink(redis_server.address)
+    sink.open()
+    try:
+        for row in rows:
+            key = sink.layouts[row.view].key(row.entity_id)
+            client.delete(key)
+            feast_write(store, row)
+            by_feast = client.hgetall(key)
+            assert client.ttl(key) > 0
+            client.delete(key)
+            sink.write([row])
+            assert client.hgetall(key) == by_feast
+            assert 0 < client.ttl(key) <= KEY_TTL_S
+    finally:
+        sink.close()
+
+    user, item = rows
+    names = [f"{USER_VIEW}:{s.name}" for s in USER_FEATURES] + [f"{USER_VIEW}:{AS_OF_FIELD}"]
+    read = store.get_online_features(features=names, entity_rows=[{"user_id": user.entity_id}]).to_dict()
+    for spec in USER_FEATURES:
+        assert read[spec.name] == [user.values[spec.name]], spec.name
+    assert read[AS_OF_FIELD] == [user.as_of_ms]
+    names = [f"{ITEM_VIEW}:{s.name}" for s in ITEM_FEATURES]
+    read = store.get_online_features(features=names, entity_rows=[{"item_id": item.entity_id}]).to_dict()
+    for spec in ITEM_FEATURES:
+        assert read[spec.name] == [item.values[spec.name]], spec.name
