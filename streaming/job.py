@@ -19,7 +19,6 @@ from pyflink.table import StreamTableEnvironment
 from streaming.operators import (
     ITEM_EVENTS,
     ItemFeaturesByBucket,
-    OnlineStoreWriter,
     PartitionFanOut,
     UserFeaturesByPartition,
 )
@@ -80,21 +79,21 @@ def build(env: StreamExecutionEnvironment, settings: StreamSettings) -> None:
         .name("partition fan-out")
         .uid("partition-fan-out")
     )
-    user_rows = (
+    # Each feature operator writes the rows it makes to Redis itself; only item events flow on.
+    user_features = (
         polls.key_by(lambda poll: poll[0], key_type=Types.INT())
         .process(UserFeaturesByPartition(settings), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("UserFeaturesByPartition")
         .uid("user-features-by-partition")
     )
-    item_rows = (
-        user_rows.get_side_output(ITEM_EVENTS)
+    (
+        user_features.get_side_output(ITEM_EVENTS)
         .key_by(lambda batch: batch.bucket, key_type=Types.INT())
         .process(ItemFeaturesByBucket(settings), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("ItemFeaturesByBucket")
         .uid("item-features-by-bucket")
     )
     # Dead letters are written (and confirmed) inside UserFeaturesByPartition, before it saves its offset.
-    (user_rows.union(item_rows).process(OnlineStoreWriter(settings)).name("OnlineStoreSink").uid("online-store-sink"))
 
 
 def run(settings: StreamSettings) -> None:

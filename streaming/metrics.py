@@ -12,7 +12,12 @@ import threading
 import time
 from collections import deque
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server, values
+
+# Importing Feast sets PROMETHEUS_MULTIPROCESS_DIR (for its gunicorn feature server), which made every
+# update of the metrics below write to an mmap'ed file after a pid check (seen in py-spy, ~5 % of the
+# job's GIL time). The job's metrics live in one process: keep them in memory.
+values.ValueClass = values.MutexValue
 
 EVENTS = Counter(
     "freshrank_stream_events_total",

@@ -5,8 +5,9 @@ PartitionFanOut (one poll request per partition per tick) ->
 UserFeaturesByPartition (keyed by partition: read with KafkaPartitionReader,
 decode, validate -> DLQ; admission: dedup + lateness -> DLQ; user features) ->
 ItemFeaturesByBucket (keyed by item bucket: item features) ->
-OnlineStoreWriter (Feast, one pipeline per row batch). DlqWriter sends refused
-records to the DLQ topic with the reason in a header.
+each writes the rows it makes to Redis in Feast's layout (RowWriter, one pipeline
+per batch). DeadLetterSink sends refused records to the DLQ topic with the reason
+in a header.
 
 Why users are computed where the partition is read: the topic is keyed by
 user_id, so every event of a user is in one partition, and grouping a poll's
@@ -16,7 +17,7 @@ State that must survive a crash lives in Flink keyed state only: reader
 offsets, admission gates, aggregates and the schedule of rows still owed
 (see streaming/entities.py). A restore therefore rewinds the reader and
 everything derived from it together. Elements between operators are whole
-batches (a poll's events for one item bucket, a table's due rows).
+batches (a poll's events for one item bucket).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from confluent_kafka import Consumer, KafkaError, TopicCollection, TopicPartitio
 from confluent_kafka.admin import AdminClient
 from pyflink.common import Types
 from pyflink.datastream import OutputTag
-from pyflink.datastream.functions import KeyedProcessFunction, ProcessFunction, RuntimeContext
+from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from feature_repo.definitions import ITEM_VIEW, USER_VIEW
@@ -353,11 +354,15 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
         )
         self._dlq = DeadLetterSink(settings.kafka_config(), settings.dlq_topic, settings.topic)
         self._dlq.open()
+        self._writer = RowWriter(settings)
         self._clock = RowClock()
         self._timers = TableTimers()
         self._states: dict[int, PartitionState] = {}
         self._heartbeat = 0.0
         self._stall_logged = 0.0
+        self._stalled = False
+        # The meta bytes last put in state, per partition: an idle poll changes nothing and writes nothing.
+        self._saved_meta: dict[int, bytes] = {}
 
     def _state_of(self, partition: int) -> PartitionState:
         state = self._states.get(partition)
@@ -401,12 +406,14 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
         if result.stalled_at is not None:
             self._reader.seek(partition, result.stalled_at)
             metrics.READING_PAUSED.labels("schema_registry").set(1)
+            self._stalled = True
             metrics.SCHEMA_LOOKUP_FAILURES.inc()
             if time.monotonic() - self._stall_logged > 10:
                 self._stall_logged = time.monotonic()
                 log.error("partition %s paused at offset %s: %s", partition, result.stalled_at, result.stall_reason)
-        else:
+        elif self._stalled:
             metrics.READING_PAUSED.labels("schema_registry").set(0)
+            self._stalled = False
         if result.dead_letters:
             self._write_dead_letters(result.dead_letters)
         for outcome, count in result.counts.items():
@@ -425,12 +432,14 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
             metrics.ENTITIES.labels(USER_VIEW).set(sum(len(s.users) for s in self._states.values()))
             for bucket in range(self.settings.item_buckets):
                 by_bucket.setdefault(bucket, [])
+        self._writer.write(result.user_rows)
         meta = state.meta
         for bucket, events in by_bucket.items():
             yield ITEM_EVENTS, ItemBatch(bucket, events, partition, meta.clock_ms)
-        if result.user_rows:
-            yield result.user_rows
-        self._meta.update(state.save())
+        saved = state.save()
+        if saved != self._saved_meta.get(partition):
+            self._meta.update(saved)
+            self._saved_meta[partition] = saved
         if records or reset is not None:
             self._reader.report(partition, meta.next_offset)
         self._timers.arm(partition, state.users.next_due_ms(), ctx)
@@ -465,22 +474,22 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
         partition = ctx.get_current_key()
         self._timers.fired(partition, timestamp)
         state = self._state_of(partition)
-        rows = state.users.due_rows(now_ms())
-        if rows:
-            yield rows
+        self._writer.write(state.users.due_rows(now_ms()))
         state.users.save()
         self._timers.arm(partition, state.users.next_due_ms(), ctx)
+        return iter(())
 
     def close(self) -> None:
         self._reader.close()
         self._dlq.close()
+        self._writer.close()
 
 
 # --- item features -----------------------------------------------------------------
 
 
 class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
-    """Keyed by item bucket: item features from admitted events; emits due item rows as one batch.
+    """Keyed by item bucket: item features from admitted events; writes the due item rows as one batch.
 
     Idle items leave state like idle users, on a clock that is the *slowest*
     partition's clock this bucket has heard from (kept in state): a partition
@@ -492,6 +501,7 @@ class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
         self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        metrics.serve(self.settings.metrics_port, self.settings.metrics_bind_address)
         metrics.task_opened("ItemFeaturesByBucket", *task_info(runtime_context))
         bytes_type = Types.PICKLED_BYTE_ARRAY()
         self._item_store = runtime_context.get_map_state(MapStateDescriptor("items", Types.STRING(), bytes_type))
@@ -499,6 +509,7 @@ class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
             MapStateDescriptor("item_schedules", Types.STRING(), bytes_type)
         )
         self._clocks = runtime_context.get_map_state(MapStateDescriptor("partition_clocks", Types.INT(), Types.LONG()))
+        self._writer = RowWriter(self.settings)
         self._clock = RowClock()
         self._timers = TableTimers()
         self._tables: dict[int, EntityTable[ItemFeatures]] = {}
@@ -517,7 +528,7 @@ class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
                 held.aggregates.capacity = share
         return table
 
-    def process_element(self, batch: ItemBatch, ctx: KeyedProcessFunction.Context) -> Iterator[list[FeatureRow]]:
+    def process_element(self, batch: ItemBatch, ctx: KeyedProcessFunction.Context) -> Iterator[None]:
         table = self._table(batch.bucket)
         clock = now_ms()
         for values in batch.events:
@@ -534,21 +545,24 @@ class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
             if gone:
                 metrics.ENTITIES_EVICTED.labels(ITEM_VIEW).inc(len(gone))
             metrics.ENTITIES.labels(ITEM_VIEW).set(sum(len(t) for t in self._tables.values()))
-        yield from self._emit(batch.bucket, table, clock, ctx)
+        self._emit(batch.bucket, table, clock, ctx)
+        return iter(())  # rows are written here, nothing flows on
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[list[FeatureRow]]:
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[None]:
         bucket = ctx.get_current_key()
         self._timers.fired(bucket, timestamp)
-        yield from self._emit(bucket, self._table(bucket), now_ms(), ctx)
+        self._emit(bucket, self._table(bucket), now_ms(), ctx)
+        return iter(())
 
     def _emit(
         self, bucket: int, table: EntityTable[ItemFeatures], clock: int, ctx: KeyedProcessFunction.Context
-    ) -> Iterator[list[FeatureRow]]:
-        rows = table.due_rows(clock)
-        if rows:
-            yield rows
+    ) -> None:
+        self._writer.write(table.due_rows(clock))
         table.save()
         self._timers.arm(bucket, table.next_due_ms(), ctx)
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 def parquet_problem(data: bytes) -> str | None:
@@ -640,46 +654,50 @@ class Catalog:
 # --- writing -------------------------------------------------------------------
 
 
-class OnlineStoreWriter(ProcessFunction):  # type: ignore[misc]
-    """Writes each row batch to the online store before taking the next; blocks and retries while Redis refuses.
+class RowWriter:
+    """Writes a batch of rows to the online store before the operator goes on; blocks and retries while Redis refuses.
 
-    Needs no state: a checkpoint barrier reaches this operator only after every
-    batch emitted before it has been written. Blocking on a refusing Redis (down,
-    frozen, out of memory, read-only replica) is the backpressure: the readers
-    stop reading until it takes writes again, nothing is dropped.
+    Used by both feature operators, which write the rows they make where they make
+    them (no pickling of rows to a sink task). The rows of a call are in Redis
+    before the operator returns to Flink, so a checkpoint barrier that follows
+    covers them. Blocking on a refusing Redis (down, frozen, out of memory,
+    read-only replica) is the backpressure: the readers stop reading until it
+    takes writes again, nothing is dropped.
     """
 
     def __init__(self, settings: StreamSettings) -> None:
-        self.settings = settings
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        metrics.serve(self.settings.metrics_port, self.settings.metrics_bind_address)
-        metrics.task_opened("OnlineStoreSink", *task_info(runtime_context))
-        self._sink = OnlineStoreSink(self.settings.redis_connection_string())
-        self._freshness = metrics.RecentFreshness(self.settings.freshness_window_s)
+        self._sink = OnlineStoreSink(settings.redis_connection_string())
+        self._freshness = metrics.RecentFreshness(settings.freshness_window_s)
         self._retry(self._sink.open)
 
-    def process_element(self, rows: list[FeatureRow], ctx: ProcessFunction.Context) -> Iterator[None]:
+    def write(self, rows: list[FeatureRow]) -> None:
+        if not rows:
+            return
         self._retry(lambda: self._sink.write(rows))
         written = now_ms()
+        counts: dict[str, int] = {}
         for row in rows:
-            metrics.ROWS_WRITTEN.labels(row.view).inc()
+            counts[row.view] = counts.get(row.view, 0) + 1
             if row.newest_event_ms is not None:
                 self._freshness.observe(max(0, written - row.newest_event_ms) / 1000)
+        for view, count in counts.items():
+            metrics.ROWS_WRITTEN.labels(view).inc(count)
         self._freshness.publish()
-        return iter(())  # a sink: PyFlink still wants an iterable back
 
     def _retry(self, action: Any) -> None:
         backoff = Backoff()
         logged = 0.0
+        paused = False
         while True:
             try:
                 action()
-                metrics.READING_PAUSED.labels("online_store").set(0)
+                if paused:
+                    metrics.READING_PAUSED.labels("online_store").set(0)
                 return
             except OnlineStoreUnavailable as error:
                 metrics.SINK_RETRIES.labels(error.cause).inc()
                 metrics.READING_PAUSED.labels("online_store").set(1)
+                paused = True
                 if time.monotonic() - logged > 10:
                     logged = time.monotonic()
                     log.warning("%s", error)

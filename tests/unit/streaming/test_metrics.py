@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from prometheus_client import REGISTRY
 
 from cli.stack import stream_problems
@@ -27,3 +31,16 @@ def test_status_calls_a_restarting_or_paused_job_unhealthy() -> None:
     assert "restarts" in stream_problems(detail(task_restarts_recent=3))[0]
     assert "paused" in stream_problems(detail(reading_paused=1))[0]
     assert stream_problems(None) == ["metrics unreachable"]
+
+
+def test_metrics_stay_in_process_memory_even_after_feast_asked_for_files() -> None:
+    # A fresh interpreter, imports in the job's order: Feast first (it sets PROMETHEUS_MULTIPROCESS_DIR).
+    probe = (
+        "import feast.infra.online_stores.redis\n"
+        "from streaming import metrics\n"
+        "print(type(metrics.EVENTS.labels('admitted')._value).__name__)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "MutexValue"
