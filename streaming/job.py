@@ -59,12 +59,13 @@ def flink_options(settings: StreamSettings, restore_from: Path | None) -> dict[s
     }
     if restore_from is not None:
         values["execution.state-recovery.path"] = restore_from.resolve().as_uri()
+    # The mini-cluster always serves the dashboard and REST API (flink-dist ships them); left
+    # alone it listens on every interface at a random port. Bind it where we say, and on a
+    # fixed port when set: that is what `freshrank up` prints and `freshrank status` reads.
+    values["rest.bind-address"] = settings.flink_ui_bind_address
+    values["rest.address"] = settings.flink_ui_bind_address
     if settings.flink_ui_port:
-        # The dashboard and REST API ship in flink-dist; a fixed port is what `freshrank up`
-        # prints and `freshrank status` reads (job state, restarts, checkpoints).
         values["rest.port"] = str(settings.flink_ui_port)
-        values["rest.bind-address"] = settings.flink_ui_bind_address
-        values["rest.address"] = settings.flink_ui_bind_address
     return values
 
 

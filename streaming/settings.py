@@ -84,7 +84,7 @@ class StreamSettings(BaseSettings):
         ge=0,
         le=65535,
         description="Port of the local mini-cluster's Flink dashboard and REST API (rest.port); 0 leaves it to "
-        "Flink, which then binds a random port that nothing announces.",
+        "Flink, which then binds a random port that nothing announces (still on flink_ui_bind_address).",
     )
     flink_ui_bind_address: str = Field(
         "127.0.0.1", description="Address the Flink dashboard listens on (rest.bind-address): loopback by default."
