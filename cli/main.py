@@ -190,7 +190,9 @@ def down(
     for component in components:
         stop_group(int(component.get("pid") or 0), grace_s=min(timeout, 10.0))
     # Returning means `freshrank up` can start again on the same ports at once.
-    taken = wait_ports_free([str(c["address"]) for c in components], timeout_s=timeout)
+    addresses = [str(c["address"]) for c in components]
+    addresses += [str(c["dashboard"]).removeprefix("http://") for c in components if c.get("dashboard")]
+    taken = wait_ports_free(addresses, timeout_s=timeout)
     settings.state_file.unlink(missing_ok=True)
     if taken:
         raise fail(
