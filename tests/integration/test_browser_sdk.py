@@ -85,7 +85,7 @@ def stack(page_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """`freshrank up --detach` on free ports (never the defaults: another stack may run), CORS for the page."""
     state_dir = str(tmp_path_factory.mktemp("browser-stack"))
     env = {**os.environ, "FRESHRANK_SERVE_PORT": str(free_port()), "FRESHRANK_SERVE_CORS_ORIGINS": page_server}
-    ports = ["--broker-port", "0", "--redis-port", "0", "--stream-port", str(free_port())]
+    ports = ["--broker-port", "0", "--redis-port", "0", "--stream-port", str(free_port()), "--flink-ui-port", "0"]
     up = freshrank("up", "--detach", "--state-dir", state_dir, *ports, env=env)
     assert up.returncode == 0, up.stdout + up.stderr
     try:
