@@ -29,6 +29,8 @@ from cli.stack import (
     StackSettings,
     Supervisor,
     component_health,
+    flink_detail,
+    flink_problems,
     java_version,
     local_components,
     pid_alive,
@@ -69,12 +71,19 @@ def up(
     broker_port: Annotated[int | None, typer.Option(help="Kafka port (default 9092; 0 = free port).")] = None,
     redis_port: Annotated[int | None, typer.Option(help="Redis port (default 6379; 0 = free port).")] = None,
     stream_port: Annotated[int | None, typer.Option(help="Stream job /metrics port (default 9464).")] = None,
+    flink_ui_port: Annotated[
+        int | None, typer.Option(help="Flink dashboard and REST API of the stream job (default 8081; 0 = free port).")
+    ] = None,
     state_dir: StateDir = None,
     timeout: Annotated[float, typer.Option(help="Seconds --detach waits for health.")] = 300.0,
 ) -> None:
     """Start the embedded stack (broker, Redis, stream job) as supervised child processes."""
     settings = stack_settings(
-        state_dir, broker_port=broker_port, redis_port=redis_port, stream_metrics_port=stream_port
+        state_dir,
+        broker_port=broker_port,
+        redis_port=redis_port,
+        stream_metrics_port=stream_port,
+        stream_flink_ui_port=flink_ui_port,
     )
     state = read_state(settings)
     if state and pid_alive(state.get("supervisor_pid")):
@@ -94,14 +103,24 @@ def up(
     # point at offsets that no longer exist, so a new stack starts the job afresh.
     shutil.rmtree(settings.state_dir / "checkpoints", ignore_errors=True)
     supervisor = Supervisor(settings, components, log=lambda line: console.print(f"[dim]up:[/] {line}"))
+
+    def ready() -> None:
+        console.print("[green]stack is up[/]; Ctrl-C or `freshrank down` stops it")
+        for component in components:
+            if component.dashboard:
+                console.print(f"Flink dashboard of the {component.name} job: {component.dashboard}")
+
     try:
-        supervisor.run(on_ready=lambda: console.print("[green]stack is up[/]; Ctrl-C or `freshrank down` stops it"))
+        supervisor.run(on_ready=ready)
     except StackError as error:
         raise fail(str(error)) from None
 
 
 def components_ports(components: list[Component]) -> dict[str, int]:
-    return {c.name: int(c.address.rpartition(":")[2]) for c in components}
+    """Port of each component by name, and of each dashboard as "<name>-ui"."""
+    ports = {c.name: int(c.address.rpartition(":")[2]) for c in components}
+    ports.update({f"{c.name}-ui": int(c.dashboard.rpartition(":")[2]) for c in components if c.dashboard})
+    return ports
 
 
 def _up_detached(settings: StackSettings, ports: dict[str, int], timeout_s: float) -> None:
@@ -122,6 +141,8 @@ def _up_detached(settings: StackSettings, ports: dict[str, int], timeout_s: floa
         str(ports["redis"]),
         "--stream-port",
         str(ports["stream"]),
+        "--flink-ui-port",
+        str(ports["stream-ui"]),
     ]
     # The ports checked (or picked, for 0) here are the ones the stack runs on.
     env = {**os.environ, "FRESHRANK_SERVE_PORT": str(ports["serve"])}
@@ -169,7 +190,9 @@ def down(
     for component in components:
         stop_group(int(component.get("pid") or 0), grace_s=min(timeout, 10.0))
     # Returning means `freshrank up` can start again on the same ports at once.
-    taken = wait_ports_free([str(c["address"]) for c in components], timeout_s=timeout)
+    addresses = [str(c["address"]) for c in components]
+    addresses += [str(c["dashboard"]).removeprefix("http://") for c in components if c.get("dashboard")]
+    taken = wait_ports_free(addresses, timeout_s=timeout)
     settings.state_file.unlink(missing_ok=True)
     if taken:
         raise fail(
@@ -198,10 +221,12 @@ def _print_status(settings: StackSettings, as_json: bool) -> bool:
             "address": info["address"],
             "pid": info["pid"],
             "restarts": info["restarts"],
-            "healthy": running and component_health(name, info["address"]),
+            "healthy": running and component_health(name, info["address"], info.get("dashboard")),
         }
         if name == "stream" and running:
             components[name]["detail"] = stream_detail(info["address"])
+            if info.get("dashboard"):
+                components[name]["flink"] = flink_detail(info["dashboard"])
     healthy = running and bool(components) and all(c["healthy"] for c in components.values())
     report = {
         "running": running,
@@ -230,11 +255,33 @@ def _print_status(settings: StackSettings, as_json: bool) -> bool:
             if isinstance(detail, dict)
             else ""
         )
+        flink = info.get("flink")
+        if isinstance(flink, dict):
+            text += ("\n" if text else "") + _flink_text(flink)
         if name == "stream" and not info["healthy"] and isinstance(detail, dict):
-            text += " [red]" + "; ".join(stream_problems(detail)) + "[/]"
+            problems = stream_problems(detail) + flink_problems(flink if isinstance(flink, dict) else None)
+            text += " [red]" + "; ".join(problems) + "[/]"
         table.add_row(name, str(info["address"]), str(info["pid"]), str(info["restarts"]), health, text)
     console.print(table)
+    for name, info in components.items():
+        flink = info.get("flink")
+        if isinstance(flink, dict):
+            console.print(f"Flink dashboard of the {name} job: {flink['dashboard']}")
     return healthy
+
+
+def _flink_text(flink: dict[str, Any]) -> str:
+    """One line from the Flink REST API: job state, restarts, last completed checkpoint; or why it is missing."""
+    if not flink["reachable"]:
+        return f"[yellow]{flink['error']}[/]"
+    state = flink["state"]
+    text = f"Flink: job {'[green]' if state == 'RUNNING' else '[red]'}{state}[/], {flink['restarts']} restarts, "
+    if flink["last_checkpoint_id"] is None:
+        return text + f"no completed checkpoint yet ({flink['checkpoints_failed']} failed)"
+    return (
+        text + f"checkpoint {flink['last_checkpoint_id']} completed {flink['last_checkpoint_age_s']:.1f} s ago "
+        f"({flink['checkpoints_completed']} completed, {flink['checkpoints_failed']} failed)"
+    )
 
 
 def resolve_bootstrap(explicit: str | None, state_dir: Path | None) -> str:

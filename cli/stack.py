@@ -13,6 +13,7 @@ missing Java is a `StackError` whose message says what to do.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -47,6 +48,9 @@ class StackSettings(BaseSettings):
     broker_port: int = Field(9092, ge=0, le=65535, description="Kafka port; 0 picks a free one.")
     redis_port: int = Field(6379, ge=0, le=65535, description="Redis port; 0 picks a free one.")
     stream_metrics_port: int = Field(9464, ge=0, le=65535, description="Stream job /metrics port; 0: free.")
+    stream_flink_ui_port: int = Field(
+        8081, ge=0, le=65535, description="Flink dashboard and REST API of the stream job; 0: free."
+    )
     serve_port: int = Field(8000, ge=0, le=65535, description="Feed API port (FRESHRANK_SERVE_PORT); 0: free.")
     partitions: int = Field(8, gt=0, description="Partitions of the interactions topic.")
 
@@ -149,14 +153,18 @@ class Component:
     startup_timeout_s: float = 60.0
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    dashboard: str | None = None  # a web UI of the component, if it has one (the stream job's Flink dashboard)
 
     def describe(self) -> dict[str, Any]:
-        return {
+        description = {
             "address": self.address,
             "pid": self.process.pid if self.process else None,
             "restarts": self.restarts,
             "command": self.command,
         }
+        if self.dashboard is not None:
+            description["dashboard"] = self.dashboard
+        return description
 
 
 def broker_healthy(bootstrap: str, timeout_s: float = 2.0) -> bool:
@@ -296,8 +304,37 @@ def stream_problems(detail: dict[str, float] | None) -> list[str]:
     return problems
 
 
-def stream_component(settings: StackSettings, broker: Component, redis: Component, metrics_port: int) -> Component:
-    """The PyFlink job in a local mini-cluster; healthy once its operators serve /metrics."""
+def flink_detail(dashboard: str) -> dict[str, Any]:
+    """What `freshrank status` shows from the Flink REST API; `reachable` False and an `error` if it does not answer."""
+    from streaming.errors import FlinkRestUnavailable
+    from streaming.flink_rest import job_status
+
+    try:
+        job = job_status(dashboard)
+    except FlinkRestUnavailable as error:
+        return {"dashboard": dashboard, "reachable": False, "error": str(error)}
+    return {"dashboard": dashboard, "reachable": True, **dataclasses.asdict(job)}
+
+
+def flink_problems(flink: dict[str, Any] | None) -> list[str]:
+    """A job the REST API shows in any state but RUNNING (restarting, failing) is not healthy.
+
+    An unreachable REST API is shown, not counted: the features flow without it, and /metrics
+    already says whether the operators run.
+    """
+    if flink is None or not flink["reachable"] or flink["state"] == "RUNNING":
+        return []
+    return [f"Flink job {flink['state']}"]
+
+
+def stream_component(
+    settings: StackSettings, broker: Component, redis: Component, metrics_port: int, ui_port: int | None = None
+) -> Component:
+    """The PyFlink job in a local mini-cluster; healthy once its operators serve /metrics.
+
+    With `ui_port` it serves the Flink dashboard there; without, Flink binds a random port
+    that nothing announces (never the default 8081, which a running `freshrank up` may hold).
+    """
     registry = (settings.state_dir / "feast" / "registry.db").resolve()
     address = f"{settings.host}:{metrics_port}"
 
@@ -319,8 +356,11 @@ def stream_component(settings: StackSettings, broker: Component, redis: Componen
             "FRESHRANK_STREAM_CHECKPOINT_DIR": str((settings.state_dir / "checkpoints").resolve()),
             "FRESHRANK_STREAM_CATALOG_PATH": str((settings.state_dir / "catalog.parquet").resolve()),
             "FRESHRANK_STREAM_METRICS_PORT": str(metrics_port),
+            "FRESHRANK_STREAM_FLINK_UI_PORT": str(ui_port or 0),
+            "FRESHRANK_STREAM_FLINK_UI_BIND_ADDRESS": settings.host,
         },
         startup_timeout_s=300.0,
+        dashboard=f"http://{settings.host}:{ui_port}" if ui_port else None,
     )
 
 
@@ -595,21 +635,23 @@ def local_components(settings: StackSettings) -> list[Component]:
     broker_port = claim_port(settings.host, settings.broker_port, "broker", "--broker-port")
     redis_port = claim_port(settings.host, settings.redis_port, "Redis server", "--redis-port")
     metrics_port = claim_port(settings.host, settings.stream_metrics_port, "stream job metrics", "--stream-port")
+    ui_port = claim_port(settings.host, settings.stream_flink_ui_port, "Flink dashboard", "--flink-ui-port")
     serve_port = claim_port(settings.host, settings.serve_port, "feed API", "the variable FRESHRANK_SERVE_PORT set to")
     broker = broker_component(settings, broker_port)
     redis = redis_component(settings, redis_port)
-    stream = stream_component(settings, broker, redis, metrics_port)
+    stream = stream_component(settings, broker, redis, metrics_port, ui_port)
     return [broker, redis, stream, serve_component(settings, broker, redis, serve_port)]
 
 
-def component_health(name: str, address: str) -> bool:
+def component_health(name: str, address: str, dashboard: str | None = None) -> bool:
     host, _, port = address.rpartition(":")
     if name == "broker":
         return broker_healthy(address)
     if name == "redis":
         return redis_healthy(host, int(port))
     if name == "stream":
-        return not stream_problems(stream_detail(address))
+        flink = flink_detail(dashboard) if dashboard else None
+        return not stream_problems(stream_detail(address)) and not flink_problems(flink)
     if name == "serve":
         return http_healthy(address)
     return False

@@ -28,3 +28,7 @@ class DlqUnavailable(StreamError):
         self.undelivered = undelivered
         # No delivery report at all: the producer is broken; the task must fail and restore.
         self.fatal = fatal
+
+
+class FlinkRestUnavailable(StreamError):
+    """The Flink REST API did not answer, or holds no job of ours; the message says which and where."""

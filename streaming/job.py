@@ -16,6 +16,7 @@ from pyflink.common import Configuration, Types
 from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.table import StreamTableEnvironment
 
+from streaming.flink_rest import JOB_NAME as JOB_NAME
 from streaming.operators import (
     ITEM_EVENTS,
     ItemFeaturesByBucket,
@@ -25,7 +26,6 @@ from streaming.operators import (
 from streaming.settings import StreamSettings
 
 log = logging.getLogger("freshrank.stream")
-JOB_NAME = "freshrank-features"
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -36,8 +36,8 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(completed, key=lambda path: (path.stat().st_mtime, int(path.name.split("-")[1])))
 
 
-def flink_configuration(settings: StreamSettings, restore_from: Path | None) -> Configuration:
-    config = Configuration()
+def flink_options(settings: StreamSettings, restore_from: Path | None) -> dict[str, str]:
+    """The mini-cluster's Flink configuration as plain strings (no JVM needed to read it)."""
     values = {
         # Thread mode runs the Python operators inside the JVM (pemja): no gRPC round trip
         # per bundle and per state miss as in process mode, and processing-time timers
@@ -58,9 +58,30 @@ def flink_configuration(settings: StreamSettings, restore_from: Path | None) -> 
     }
     if restore_from is not None:
         values["execution.state-recovery.path"] = restore_from.resolve().as_uri()
-    for key, value in values.items():
+    # The mini-cluster always serves the dashboard and REST API (flink-dist ships them); left
+    # alone it listens on every interface at a random port. Bind it where we say, and on a
+    # fixed port when set: that is what `freshrank up` prints and `freshrank status` reads.
+    values["rest.bind-address"] = settings.flink_ui_bind_address
+    values["rest.address"] = settings.flink_ui_bind_address
+    if settings.flink_ui_port:
+        values["rest.port"] = str(settings.flink_ui_port)
+    return values
+
+
+def flink_configuration(settings: StreamSettings, restore_from: Path | None) -> Configuration:
+    config = Configuration()
+    for key, value in flink_options(settings, restore_from).items():
         config.set_string(key, value)
     return config
+
+
+def dashboard_url(settings: StreamSettings) -> str | None:
+    """Where the local mini-cluster serves the Flink dashboard, or None when its port is left to Flink."""
+    if not settings.flink_ui_port:
+        return None
+    host = settings.flink_ui_bind_address
+    # A wildcard bind answers on loopback too; a URL must name an address one can connect to.
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{settings.flink_ui_port}"
 
 
 def build(env: StreamExecutionEnvironment, settings: StreamSettings) -> None:
@@ -108,6 +129,9 @@ def run(settings: StreamSettings) -> None:
         settings.flink_log_dir.mkdir(parents=True, exist_ok=True)
         os.environ["FLINK_LOG_DIR"] = str(settings.flink_log_dir.resolve())
     log.info("Flink and operator logs: %s", os.environ["FLINK_LOG_DIR"])
+    dashboard = dashboard_url(settings)
+    if dashboard is not None:
+        log.info("Flink dashboard and REST API: %s", dashboard)
     restore_from = latest_checkpoint(settings.checkpoint_dir)
     if restore_from is not None:
         log.info("resuming from checkpoint %s", restore_from)

@@ -79,6 +79,16 @@ class StreamSettings(BaseSettings):
         description="Address /metrics listens on: loopback locally; 0.0.0.0 in a pod so Prometheus can scrape it.",
     )
     freshness_window_s: float = Field(60.0, gt=0, description="Window of the freshness p50/p99 gauges.")
+    flink_ui_port: int = Field(
+        8081,
+        ge=0,
+        le=65535,
+        description="Port of the local mini-cluster's Flink dashboard and REST API (rest.port); 0 leaves it to "
+        "Flink, which then binds a random port that nothing announces (still on flink_ui_bind_address).",
+    )
+    flink_ui_bind_address: str = Field(
+        "127.0.0.1", description="Address the Flink dashboard listens on (rest.bind-address): loopback by default."
+    )
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> StreamSettings:

@@ -40,6 +40,7 @@ class StreamJob:
     env: dict[str, str]
     log_path: Path
     metrics_port: int
+    dashboard: str
     process: subprocess.Popen[bytes] | None = None
 
     @staticmethod
@@ -54,11 +55,11 @@ class StreamJob:
         catalog: Path,
         **settings: str,
     ) -> StreamJob:
-        """A job on these topics and stores; checkpoints and log under `work_dir`, metrics on a free port.
+        """A job on these topics and stores; checkpoints and log under `work_dir`; metrics and dashboard on free ports.
 
         `settings` adds more variables: `lateness_ms="500"` sets FRESHRANK_STREAM_LATENESS_MS.
         """
-        port = free_port()
+        port, ui_port = free_port(), free_port()
         env = {
             "FRESHRANK_STREAM_BOOTSTRAP_SERVERS": bootstrap,
             "FRESHRANK_STREAM_TOPIC": topic,
@@ -68,10 +69,12 @@ class StreamJob:
             "FRESHRANK_STREAM_CHECKPOINT_DIR": str(work_dir / "checkpoints"),
             "FRESHRANK_STREAM_CATALOG_PATH": str(catalog),
             "FRESHRANK_STREAM_METRICS_PORT": str(port),
+            # Never Flink's 8081: a `freshrank up` stack on this machine may hold it.
+            "FRESHRANK_STREAM_FLINK_UI_PORT": str(ui_port),
             "FRESHRANK_STREAM_FLINK_LOG_DIR": str(work_dir / "flink-logs"),
         }
         env.update({f"FRESHRANK_STREAM_{name.upper()}": value for name, value in settings.items()})
-        return StreamJob(env, work_dir / "stream.log", port)
+        return StreamJob(env, work_dir / "stream.log", port, f"http://127.0.0.1:{ui_port}")
 
     def start(self, timeout_s: float = 240.0) -> None:
         with open(self.log_path, "ab") as log:

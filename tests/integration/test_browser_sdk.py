@@ -29,8 +29,6 @@ from feature_repo.definitions import USER_VIEW
 from tests.integration.streamjob import online_rows
 
 SDK_DIR = Path(__file__).resolve().parents[2] / "sdk" / "js"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>feed</title></head>
@@ -87,7 +85,7 @@ def stack(page_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """`freshrank up --detach` on free ports (never the defaults: another stack may run), CORS for the page."""
     state_dir = str(tmp_path_factory.mktemp("browser-stack"))
     env = {**os.environ, "FRESHRANK_SERVE_PORT": str(free_port()), "FRESHRANK_SERVE_CORS_ORIGINS": page_server}
-    ports = ["--broker-port", "0", "--redis-port", "0", "--stream-port", str(free_port())]
+    ports = ["--broker-port", "0", "--redis-port", "0", "--stream-port", str(free_port()), "--flink-ui-port", "0"]
     up = freshrank("up", "--detach", "--state-dir", state_dir, *ports, env=env)
     assert up.returncode == 0, up.stdout + up.stderr
     try:
@@ -96,35 +94,6 @@ def stack(page_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     finally:
         down = freshrank("down", "--state-dir", state_dir, env=env)
         assert down.returncode == 0, down.stdout + down.stderr
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    # Without the background-networking flags Chromium keeps dialling Google's hosts,
-    # which this machine's closed network refuses.
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_script_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def user_clicks(stack: dict[str, Any], user_id: str) -> float:

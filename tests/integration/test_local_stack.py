@@ -41,8 +41,9 @@ def test_up_status_generate_down_round_trip(tmp_path: Path, monkeypatch: pytest.
     state_dir = str(tmp_path / "state")
     monkeypatch.setenv("FRESHRANK_SERVE_PORT", "0")
     up = freshrank(
-        "up", "--detach", "--state-dir", state_dir, "--broker-port", "0", "--redis-port", "0", "--stream-port", "0"
-    )
+        "up", "--detach", "--state-dir", state_dir, "--broker-port", "0", "--redis-port", "0", "--stream-port", "0",
+        "--flink-ui-port", "0",
+    )  # fmt: skip
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         status = freshrank("status", "--json", "--state-dir", state_dir)
@@ -52,6 +53,10 @@ def test_up_status_generate_down_round_trip(tmp_path: Path, monkeypatch: pytest.
         assert set(report["components"]) == {"broker", "redis", "stream", "serve"}
         assert all(c["healthy"] for c in report["components"].values())
         bootstrap = report["components"]["broker"]["address"]
+        # `up` prints the Flink dashboard; status reads the job from the REST API behind it.
+        flink = report["components"]["stream"]["flink"]
+        assert f"Flink dashboard of the stream job: {flink['dashboard']}" in up.stdout
+        assert flink["reachable"] is True and flink["state"] == "RUNNING" and flink["restarts"] == 0, flink
 
         second = freshrank("up", "--detach", "--state-dir", state_dir)
         assert second.returncode == 1 and "already running" in second.stderr
@@ -68,10 +73,12 @@ def test_up_status_generate_down_round_trip(tmp_path: Path, monkeypatch: pytest.
             detail = json.loads(freshrank("status", "--json", "--state-dir", state_dir).stdout)["components"]
             stream = detail["stream"]["detail"]
             caught_up = stream and stream["events_admitted"] == published and stream["consumer_lag"] == 0
-            if caught_up and stream["rows_written"] > 0 and stream["freshness_p99_ms"] > 0:
+            checkpointed = detail["stream"]["flink"]["last_checkpoint_id"] is not None
+            if caught_up and stream["rows_written"] > 0 and stream["freshness_p99_ms"] > 0 and checkpointed:
                 break
-            assert time.monotonic() < deadline, stream
+            assert time.monotonic() < deadline, detail["stream"]
             time.sleep(2)
+        assert 0 <= detail["stream"]["flink"]["last_checkpoint_age_s"] < 60, detail["stream"]["flink"]
 
         # The feed API of the same stack answers; no model is trained yet, so the answer says so.
         api = report["components"]["serve"]["address"]
@@ -86,7 +93,8 @@ def test_up_status_generate_down_round_trip(tmp_path: Path, monkeypatch: pytest.
     # Nothing any component started is left (the Flink JVM is a grandchild), and every port is free.
     assert not any(group_members(c["pid"]) for c in report["components"].values())
     addresses = [c["address"] for c in report["components"].values()]
-    assert wait_ports_free(addresses, timeout_s=0) == []
+    dashboard = flink["dashboard"].removeprefix("http://")
+    assert wait_ports_free([*addresses, dashboard], timeout_s=0) == []
     after = freshrank("status", "--json", "--state-dir", state_dir)
     assert after.returncode == 1
     assert json.loads(after.stdout)["running"] is False
@@ -98,11 +106,13 @@ def test_up_status_generate_down_round_trip(tmp_path: Path, monkeypatch: pytest.
     again = freshrank(
         "up", "--detach", "--state-dir", state_dir, "--broker-port", ports["broker"],
         "--redis-port", ports["redis"], "--stream-port", ports["stream"],
+        "--flink-ui-port", dashboard.rpartition(":")[2],
     )  # fmt: skip
     try:
         assert again.returncode == 0, again.stdout + again.stderr
         restarted = json.loads(freshrank("status", "--json", "--state-dir", state_dir).stdout)
         assert restarted["healthy"] is True
         assert [c["address"] for c in restarted["components"].values()] == addresses
+        assert restarted["components"]["stream"]["flink"]["dashboard"] == flink["dashboard"]
     finally:
         assert freshrank("down", "--state-dir", state_dir).returncode == 0

@@ -11,8 +11,20 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from cli.stack import StackError, claim_port, group_members, java_version, stop_group
+from cli.main import _flink_text, app
+from cli.stack import (
+    Component,
+    StackError,
+    StackSettings,
+    claim_port,
+    flink_detail,
+    flink_problems,
+    free_port,
+    group_members,
+    java_version,
+    stop_group,
+    stream_component,
+)
 
 runner = CliRunner()
 
@@ -94,3 +106,54 @@ def test_status_without_a_stack_says_so_and_exits_1(tmp_path: Path) -> None:
     result = runner.invoke(app, ["status", "--state-dir", str(tmp_path)])
     assert result.exit_code == 1
     assert "no local stack is running" in result.output
+
+
+def test_up_with_the_flink_dashboard_port_taken_names_the_option(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        ports = ["--broker-port", "0", "--redis-port", "0", "--stream-port", "0", "--flink-ui-port", str(port)]
+        result = runner.invoke(app, ["up", "--state-dir", str(tmp_path), *ports])
+    assert result.exit_code == 1
+    assert "Flink dashboard" in result.output and "--flink-ui-port 0" in result.output
+
+
+def test_the_stack_gives_the_job_its_dashboard_port_and_a_job_without_one_never_takes_8081(tmp_path: Path) -> None:
+    settings = StackSettings(state_dir=tmp_path)
+    broker, redis = Component("broker", "127.0.0.1:1", [], lambda: True), Component("redis", "127.0.0.1:2", [], bool)
+    stream = stream_component(settings, broker, redis, metrics_port=3, ui_port=18081)
+    assert stream.env["FRESHRANK_STREAM_FLINK_UI_PORT"] == "18081"
+    assert stream.describe()["dashboard"] == "http://127.0.0.1:18081"
+    # The freshness benchmark starts a job next to whatever stack runs: Flink picks its port.
+    unannounced = stream_component(settings, broker, redis, metrics_port=3)
+    assert unannounced.env["FRESHRANK_STREAM_FLINK_UI_PORT"] == "0" and "dashboard" not in unannounced.describe()
+
+
+def test_status_shows_an_unreachable_rest_api_without_calling_the_job_down() -> None:
+    dashboard = f"http://127.0.0.1:{free_port()}"
+    flink = flink_detail(dashboard)
+    assert flink["reachable"] is False and dashboard in flink["error"]
+    assert flink_problems(flink) == []
+    assert "not reachable" in _flink_text(flink)
+
+
+def test_a_job_the_rest_api_shows_restarting_is_a_problem() -> None:
+    restarting = {"reachable": True, "state": "RESTARTING"}
+    assert flink_problems(restarting) == ["Flink job RESTARTING"]
+    assert flink_problems({"reachable": True, "state": "RUNNING"}) == []
+
+
+def test_status_text_names_the_last_checkpoint_and_its_age() -> None:
+    flink = {
+        "reachable": True,
+        "state": "RUNNING",
+        "restarts": 2,
+        "last_checkpoint_id": 41,
+        "last_checkpoint_age_s": 1.34,
+        "checkpoints_completed": 40,
+        "checkpoints_failed": 1,
+    }
+    text = _flink_text(flink)
+    assert "RUNNING" in text and "2 restarts" in text and "checkpoint 41 completed 1.3 s ago" in text
+    assert "no completed checkpoint yet" in _flink_text({**flink, "last_checkpoint_id": None})

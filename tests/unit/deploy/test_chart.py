@@ -492,3 +492,10 @@ def test_values_schema_names_exactly_the_keys_of_values_yaml() -> None:
 
     compare("", schema, DEFAULTS)
     assert not mismatches, mismatches
+
+
+def test_notes_say_how_to_reach_the_flink_dashboard_behind_the_operators_rest_service() -> None:
+    notes = render_files()["freshrank/templates/NOTES.txt"]
+    stream = one(render(), "FlinkDeployment")["metadata"]["name"]
+    # The Flink operator names the JobManager's REST/UI service after the deployment.
+    assert f"port-forward svc/{stream}-rest 8081" in notes
