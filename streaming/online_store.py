@@ -25,12 +25,15 @@ timeout (a frozen Redis answers nothing: every socket has a timeout) ->
 replica -> `readonly`; any other error reply -> `error`. The writer retries each
 with backoff and reads nothing meanwhile. A retried batch is idempotent.
 
-Every write re-arms a Redis TTL on the entity's hash (`key_ttl_s`, the views'
-TTL): an entity that stops getting rows leaves Redis by itself.
+Writes re-arm a Redis TTL on the entity's hash (`key_ttl_s`, the views' TTL),
+at most once per `REARM_S` per key: an entity that stops getting rows leaves
+Redis by itself, 23 to 24 hours after its last row.
 """
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +54,9 @@ SPECS = {USER_VIEW: USER_FEATURES, ITEM_VIEW: ITEM_FEATURES}
 # Seconds: a frozen Redis must raise within the backoff's reach instead of hanging the sink.
 SOCKET_TIMEOUT_S = 5
 CONNECT_TIMEOUT_S = 2
+# A key's TTL is re-armed at most this often, so it lives KEY_TTL_S - REARM_S to KEY_TTL_S past its last row.
+REARM_S = 3600
+MAX_ARMED_KEYS = 500_000
 KEY_TTL_S = max(int(view.ttl.total_seconds()) for view in (user_stream_features, item_stream_features) if view.ttl)
 
 
@@ -97,6 +103,10 @@ class OnlineStoreSink:
         project = project or project_name()
         self.layouts = {view: ViewLayout(project, view, JOIN_KEYS[view], SPECS[view], AS_OF_FIELD) for view in SPECS}
         self._client: redis.Redis | None = None
+        # Keys whose TTL was re-armed since `_armed_since`: each key gets one EXPIRE per REARM_S, not one per
+        # row (half the commands). Bounded: cleared when full, after an hour, and after any failed write.
+        self._armed: set[bytes] = set()
+        self._armed_since = time.monotonic()
 
     def open(self) -> None:
         self._client = redis_client(self.redis_address)
@@ -109,22 +119,33 @@ class OnlineStoreSink:
         """Write one batch in one pipeline. Raises OnlineStoreUnavailable if Redis refuses."""
         assert self._client is not None, "open() the sink first"
         layouts, ttl = self.layouts, self.key_ttl_s
+        if time.monotonic() - self._armed_since > REARM_S or len(self._armed) > MAX_ARMED_KEYS:
+            self._armed.clear()
+            self._armed_since = time.monotonic()
+        armed = self._armed
         pipe: Any = self._client.pipeline(transaction=False)
+        command = pipe.execute_command
+        arming: list[bytes] = []
         for row in rows:
             layout = layouts[row.view]
             key = layout.key(row.entity_id)
-            pipe.hset(key, mapping=layout.hash_fields(row.values, row.as_of_ms, row.timestamp_us))
-            if ttl:
-                pipe.expire(key, ttl)
+            fields = layout.hash_fields(row.values, row.as_of_ms, row.timestamp_us)
+            command("HSET", key, *itertools.chain.from_iterable(fields.items()))
+            if ttl and key not in armed:
+                command("EXPIRE", key, ttl)
+                arming.append(key)
         try:
             pipe.execute()
         except Exception as error:
+            # Redis may have restarted empty: every key must get its TTL again.
+            self._armed.clear()
             refused = refusal(error)
             if refused is None:
                 raise
             raise refused from error
         finally:
             pipe.reset()
+        armed.update(arming)
 
     def close(self) -> None:
         if self._client is not None:

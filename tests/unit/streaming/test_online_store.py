@@ -46,3 +46,56 @@ def test_sockets_get_timeouts_unless_the_user_set_them() -> None:
 
 def test_keys_expire_with_the_views_ttl() -> None:
     assert KEY_TTL_S == 86_400
+
+
+def test_each_key_gets_one_expire_per_rearm_period_and_again_after_a_failed_write() -> None:
+    from streaming import online_store
+    from streaming.entities import FeatureRow
+    from streaming.errors import OnlineStoreUnavailable
+
+    class Pipeline:
+        def __init__(self, log: list[tuple[object, ...]], fail: bool) -> None:
+            self.log, self.fail = log, fail
+
+        def execute_command(self, *args: object) -> None:
+            self.log.append(args)
+
+        def execute(self) -> None:
+            if self.fail:
+                raise redis.ConnectionError("Connection reset by peer")
+
+        def reset(self) -> None:
+            pass
+
+    class Client:
+        def __init__(self) -> None:
+            self.log: list[tuple[object, ...]] = []
+            self.fail = False
+
+        def pipeline(self, transaction: bool) -> Pipeline:
+            return Pipeline(self.log, self.fail)
+
+    sink = online_store.OnlineStoreSink("h:1", project="freshrank")
+    client = Client()
+    sink._client = client  # type: ignore[assignment]
+    row = FeatureRow("item_stream_features", "i-1", {}, 1, 1, None)
+
+    def expires() -> int:
+        count = sum(1 for args in client.log if args[0] == "EXPIRE")
+        client.log.clear()
+        return count
+
+    sink.write([row, row._replace(entity_id="i-2")])
+    assert expires() == 2
+    sink.write([row])
+    assert expires() == 0
+    client.fail = True
+    with pytest.raises(OnlineStoreUnavailable):
+        sink.write([row])
+    client.fail = False
+    client.log.clear()
+    sink.write([row])  # Redis may have restarted empty
+    assert expires() == 1
+    sink._armed_since -= online_store.REARM_S + 1
+    sink.write([row])
+    assert expires() == 1
