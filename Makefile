@@ -48,7 +48,8 @@ lint: install ## ruff and mypy --strict on the packages.
 
 bench: install ## Freshness and feed API benchmarks, each against its Feast baseline; JSON in bench/results/.
 	$(RUN) freshrank bench freshness --rate 1000 --seconds 30 --json bench/results/freshness-1000.json
-	$(RUN) freshrank bench freshness --rate 5000 --seconds 30 --json bench/results/freshness-5000.json
+	$(RUN) freshrank bench freshness --rate 5000 --seconds 60 --json bench/results/freshness-5000.json
+	$(RUN) freshrank bench freshness --find-max --rate 1000 --seconds 30 --json bench/results/freshness-max.json
 	$(RUN) freshrank bench serving --rps 400 --seconds 30 --candidates 500 --workers 2 --json bench/results/serving-400-w2.json
 	$(RUN) freshrank bench serving --rps 200 --seconds 30 --candidates 500 --workers 1 --find-max --json bench/results/serving-200-w1.json
 

@@ -27,6 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil  # type: ignore[import-untyped]
+
 from cli.stack import (
     StackSettings,
     broker_component,
@@ -95,10 +97,31 @@ def wait_until(done: Callable[[], bool], timeout_s: float) -> bool:
 # --- freshrank: the PyFlink job ---------------------------------------------------
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process and all its children (the job's JVM is a child of `freshrank stream`)."""
+    if pid is None:
+        return 0.0
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            times = process.cpu_times()
+            total += times.user + times.system
+        return total
+    except psutil.Error:
+        return 0.0
+
+
 def run_freshrank(
-    settings: StackSettings, broker: Any, redis: Any, rate: float, seconds: float, seed: int, log: Callable[[str], None]
+    settings: StackSettings,
+    broker: Any,
+    redis: Any,
+    rate: float,
+    seconds: float,
+    seed: int,
+    log: Callable[[str], None],
+    topic: str = "bench-freshrank",
 ) -> dict[str, Any]:
-    topic = "bench-freshrank"
     create_topic(broker.address, topic)
     metrics_port = free_port()
     job = stream_component(settings, broker, redis, metrics_port)
@@ -114,6 +137,8 @@ def run_freshrank(
     )
     with running(job, settings.state_dir / "logs"):
         log(f"freshrank: publishing {rate:.0f} events/s for {seconds:.0f} s")
+        job_pid = job.process.pid if job.process is not None else None
+        cpu_before = cpu_seconds(job_pid)
         sent, started = publish(broker.address, topic, rate, seconds, seed)
 
         def admitted() -> float:
@@ -122,6 +147,7 @@ def run_freshrank(
 
         wait_until(lambda: admitted() >= sent, timeout_s=max(120.0, seconds * 10))
         caught_up = time.monotonic()
+        job_cpu = cpu_seconds(job_pid) - cpu_before
         time.sleep(2.5)  # the last coalesced rows, and a publish of the freshness gauges (once a second)
         series = scrape(job.address) or {}
     applied = int(series.get('freshrank_stream_events_total{outcome="admitted"}', 0))
@@ -138,6 +164,9 @@ def run_freshrank(
         # Events applied per second from the first publish until the job had caught up.
         "throughput_eps": round(applied / (caught_up - started), 1),
         "rows_measured": int(series.get("freshrank_stream_freshness_recent_samples", 0)),
+        # CPU of the job's processes (client and JVM with its embedded Python) from the first publish to caught up.
+        "cpu_s": round(job_cpu, 1),
+        "cpu_us_per_event": round(1e6 * job_cpu / max(applied, 1), 1),
     }
 
 
@@ -238,6 +267,7 @@ def run_baseline(
     loop.start()
     try:
         log(f"baseline: publishing {rate:.0f} events/s for {seconds:.0f} s")
+        cpu_before = cpu_seconds(loop.pid)
         sent, started = publish(broker.address, topic, rate, seconds, seed)
 
         def applied() -> int:
@@ -248,6 +278,7 @@ def run_baseline(
 
         wait_until(lambda: applied() >= sent, timeout_s=max(120.0, seconds * 10))
         caught_up = time.monotonic()
+        loop_cpu = cpu_seconds(loop.pid) - cpu_before
         time.sleep(1.0)
     finally:
         if loop.pid is not None:
@@ -261,6 +292,8 @@ def run_baseline(
         "freshness_ms": quantiles(result["freshness_ms"]),
         "throughput_eps": round(result["applied"] / (caught_up - started), 1),
         "rows_measured": len(result["freshness_ms"]),
+        "cpu_s": round(loop_cpu, 1),
+        "cpu_us_per_event": round(1e6 * loop_cpu / max(result["applied"], 1), 1),
     }
 
 
@@ -283,6 +316,62 @@ def run(rate: float, seconds: float, seed: int, log: Callable[[str], None]) -> d
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         **freshrank,
         "baseline": baseline,
+        "git_commit": _git_commit(),
+    }
+
+
+def sustained(trial: dict[str, Any], rate: float, p99_ms: float) -> bool:
+    """Nothing lost, p99 freshness under the bar, and the job kept up with the publish rate."""
+    return bool(trial["lost"] == 0 and trial["freshness_ms"]["p99"] < p99_ms and trial["throughput_eps"] >= 0.95 * rate)
+
+
+def find_max(
+    seconds: float, seed: int, log: Callable[[str], None], start_rate: float = 1000.0, p99_ms: float = 1000.0
+) -> dict[str, Any]:
+    """The highest rate the job sustains (see `sustained`): doubling from `start_rate`, then three bisections.
+
+    Each trial is a fresh job (own checkpoints, own topic) on one broker and Redis.
+    """
+    trials: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="freshrank-bench-") as tmp:
+        root = Path(tmp)
+        shared = StackSettings(state_dir=root, broker_port=0, redis_port=0)
+        broker = broker_component(shared, free_port())
+        redis = redis_component(shared, free_port())
+        with running(broker, root / "logs"), running(redis, root / "logs"):
+
+            def trial(rate: float) -> bool:
+                n = len(trials)
+                settings = StackSettings(state_dir=root / f"trial-{n}", broker_port=0, redis_port=0)
+                result = run_freshrank(settings, broker, redis, rate, seconds, seed, log, topic=f"bench-max-{n}")
+                ok = sustained(result, rate, p99_ms)
+                trials.append({"rate_eps": rate, "sustained": ok, **result})
+                verdict = "ok" if ok else "not sustained"
+                log(
+                    f"find-max: {rate:.0f} events/s -> p99 {result['freshness_ms']['p99']} ms, "
+                    f"{result['throughput_eps']} events/s applied, lost {result['lost']}: {verdict}"
+                )
+                return ok
+
+            low, high = 0.0, start_rate
+            while trial(high):
+                low, high = high, high * 2
+            for _ in range(3):
+                middle = round((low + high) / 2, -2) if low else round(high / 2, -2)
+                if middle in (low, high) or middle <= 0:
+                    break
+                if trial(middle):
+                    low = middle
+                else:
+                    high = middle
+    return {
+        "benchmark": "freshness-find-max",
+        "p99_bar_ms": p99_ms,
+        "seconds": seconds,
+        "max_sustained_eps": low,
+        "first_not_sustained_eps": high,
+        "trials": trials,
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "git_commit": _git_commit(),
     }
 

@@ -395,11 +395,21 @@ def bench_freshness(
     seconds: Annotated[float, typer.Option(min=1, help="How long to publish.")] = 30.0,
     seed: Annotated[int, typer.Option()] = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    find_max: Annotated[
+        bool,
+        typer.Option(
+            "--find-max",
+            help="Instead: the highest rate the job sustains with p99 freshness < 1 s and nothing lost "
+            "(doubling from --rate, then bisection; a fresh job per trial; no baseline).",
+        ),
+    ] = False,
 ) -> None:
     """SDK -> broker -> PyFlink job -> Redis, and the consumer-loop + Feast push baseline, at one rate."""
+    from bench.freshness import find_max as find_max_rate
     from bench.freshness import run as run_bench
 
-    report = run_bench(rate, seconds, seed, log=lambda line: console.print(f"[dim]bench:[/] {line}"))
+    log = lambda line: console.print(f"[dim]bench:[/] {line}")  # noqa: E731
+    report = find_max_rate(seconds, seed, log, start_rate=rate) if find_max else run_bench(rate, seconds, seed, log)
     text = json.dumps(report, indent=2)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
