@@ -305,7 +305,7 @@ class FeedRanker:
         oldest = lookup.oldest_as_of_ms()
         if oldest is not None:
             self.metrics.feature_age.labels("item").observe(max(0.0, (now_ms - oldest) / 1000))
-        catalog = self.catalog.aligned(candidates)
+        catalog = lookup.catalog(self.catalog, candidates)
         t1 = time.perf_counter()
         self._stages["item_features"].observe(t1 - t0)
 
