@@ -384,12 +384,12 @@ class FeedRanker:
         n = len(candidates)
         last_items = user.get("user_last_item_ids") if user is not None and self.settings.filter_seen else None
         seen_ids = set(last_items) if isinstance(last_items, list) else set()
-        seen = np.zeros(n, dtype=bool)
-        if seen_ids:
-            # Look up the <= 20 seen ids among the candidates (deduplicated, so zip gives each its
-            # index), not each of the 500 candidates in the seen set: a C loop instead of a Python one.
-            position = dict(zip(candidates, range(n), strict=True))
-            seen[[position[item_id] for item_id in seen_ids if item_id in position]] = True
+        # map over the set's __contains__: the loop stays in C (~36-40 us vs ~45 us for a listcomp of 500).
+        seen = (
+            np.fromiter(map(seen_ids.__contains__, candidates), dtype=bool, count=n)
+            if seen_ids
+            else np.zeros(n, dtype=bool)
+        )
         with np.errstate(invalid="ignore"):  # unknown creation time (NaN) is not new
             explorable = catalog.created_ms[:n] >= now_ms - self.settings.new_item_max_age_s * 1000
         # fmax turns a missing count (NaN) into 0 in one ufunc.
