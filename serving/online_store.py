@@ -45,7 +45,8 @@ class OnlineStoreError(Exception):
 
 
 class CorruptRow(OnlineStoreError):
-    """A stored feature row cannot be decoded (not Feast `Value` protos). The entity is skipped, never fatal."""
+    """A stored value cannot be decoded: a feature row that is not Feast `Value` protos, or a candidate list
+    that is not a JSON array of ids. The store answered; that value is skipped, never fatal."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +57,29 @@ class FeatureRow:
     as_of_ms: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class FeedReads:
+    """A feed request's two reads, done in one round trip: the user's cached candidate list and feature row.
+
+    The store answered both; each part is its value (None: no such key) or the error that spoiled that
+    part alone (`CorruptRow`: an undecodable row, or a list that is not a JSON array of ids), so one bad
+    value degrades only its own stage. A store that did not answer raises `OnlineStoreError` instead.
+    """
+
+    candidates: list[str] | None
+    user: FeatureRow | None
+    candidates_error: CorruptRow | None = None
+    user_error: CorruptRow | None = None
+
+
 class OnlineStore(Protocol):
     async def user_row(self, user_id: str) -> FeatureRow | None: ...
 
     async def item_rows(self, item_ids: Sequence[str]) -> dict[str, FeatureRow]: ...
 
     async def candidate_list(self, key: str) -> list[str] | None: ...
+
+    async def feed_reads(self, user_id: str, candidates_key: str) -> FeedReads: ...
 
     async def country_popular_lists(self) -> dict[str, list[str]]: ...
 
@@ -219,12 +237,39 @@ class RedisOnlineReader:
             raw = await self._client.get(key)
         except (redis.RedisError, OSError) as error:
             raise OnlineStoreError(f"candidates: {type(error).__name__}: {error}") from error
-        if raw is None:
-            return None
-        decoded = decode_candidates(raw)
-        if decoded is None:
-            raise OnlineStoreError(f"candidates at {key}: not a JSON array of item ids")
-        return decoded
+        return _candidates_or_raise(key, raw)
+
+    async def feed_reads(self, user_id: str, candidates_key: str) -> FeedReads:
+        """GET of the list and HMGET of the user's hash in one pipeline: one send, one wait, one connection.
+
+        Two concurrent reads cost ~0.25 ms more CPU per request (a task, two connection checkouts, two
+        socket writes and reads; measured in process against a local Redis, 0.62-0.68 vs 0.33-0.42 ms).
+        With `user_reads: feast_sdk` the user row comes from Feast and the list from a GET, concurrently.
+        """
+        if self._feast is not None:
+            return await _concurrent_feed_reads(self, user_id, candidates_key)
+        layout = self.user_layout
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(candidates_key)
+                pipe.hmget(layout.key(user_id), layout.fields)  # type: ignore[arg-type]
+                raw_list, raw_user = await pipe.execute()
+        except (redis.RedisError, OSError) as error:
+            raise OnlineStoreError(f"candidates and user features: {type(error).__name__}: {error}") from error
+        candidates: list[str] | None = None
+        user: FeatureRow | None = None
+        candidates_error: CorruptRow | None = None
+        user_error: CorruptRow | None = None
+        try:
+            candidates = _candidates_or_raise(candidates_key, raw_list)
+        except CorruptRow as error:
+            candidates_error = error
+        try:
+            user = layout.decode(raw_user)
+        except CorruptRow as error:
+            self.on_corrupt("user", user_id, str(error))
+            user_error = error
+        return FeedReads(candidates, user, candidates_error, user_error)
 
     async def country_popular_lists(self) -> dict[str, list[str]]:
         lists: dict[str, list[str]] = {}
@@ -249,6 +294,35 @@ class RedisOnlineReader:
         await self._client.aclose()
 
 
+def _candidates_or_raise(key: str, raw: bytes | None) -> list[str] | None:
+    if raw is None:
+        return None
+    decoded = decode_candidates(raw)
+    if decoded is None:
+        raise CorruptRow(f"candidates at {key}: not a JSON array of item ids")
+    return decoded
+
+
+async def _concurrent_feed_reads(store: OnlineStore, user_id: str, candidates_key: str) -> FeedReads:
+    """`feed_reads` as two reads at once, for stores that cannot send both in one round trip.
+
+    A part whose store call failed for a reason other than its value (the store is down) fails the whole
+    read, as one round trip would.
+    """
+    listed, row = await asyncio.gather(
+        store.candidate_list(candidates_key), store.user_row(user_id), return_exceptions=True
+    )
+    for part in (listed, row):
+        if isinstance(part, BaseException) and not isinstance(part, CorruptRow):
+            raise part
+    return FeedReads(
+        candidates=None if isinstance(listed, BaseException) else listed,
+        user=None if isinstance(row, BaseException) else row,
+        candidates_error=listed if isinstance(listed, CorruptRow) else None,
+        user_error=row if isinstance(row, CorruptRow) else None,
+    )
+
+
 def _log_corrupt(kind: str, entity_id: str, reason: str) -> None:
     log.warning("corrupt %s row %r skipped: %s", kind, entity_id[:128], reason)
 
@@ -263,7 +337,7 @@ class InMemoryOnlineStore:
     down: bool = False
     delay_s: float = 0.0
     corrupt: set[str] = field(default_factory=set)
-    """Users and items whose stored rows read as undecodable (as a garbage Redis hash does)."""
+    """Users and items whose stored rows, and list keys whose lists, read as undecodable (as garbage in Redis does)."""
     reads: int = 0
     """Entities asked for, all reads together (a measure of the load requests put on the store)."""
     on_corrupt: Callable[[str, str, str], None] = field(default=lambda kind, entity_id, reason: None)
@@ -294,8 +368,13 @@ class InMemoryOnlineStore:
 
     async def candidate_list(self, key: str) -> list[str] | None:
         await self._check()
+        if key in self.corrupt:
+            raise CorruptRow(f"candidates at {key}: corrupt (test double)")
         found = self.lists.get(key)
         return list(found) if found is not None else None
+
+    async def feed_reads(self, user_id: str, candidates_key: str) -> FeedReads:
+        return await _concurrent_feed_reads(self, user_id, candidates_key)
 
     async def country_popular_lists(self) -> dict[str, list[str]]:
         await self._check()

@@ -3,8 +3,8 @@
     candidates   request list, else the user's cached list (Redis, deadline), else
                  popular in the user's country, else global popular (both held in
                  process), else the newest catalog items
-    user         the user's live feature row (online store, one entity, deadline),
-                 concurrently with the cached-candidates read
+    user         the user's live feature row (online store, one entity, deadline), in
+                 the same round trip as the cached-candidates read (`feed_reads`)
     items        the candidates' feature rows from the in-process cache
     matrix       `features.ranking.feature_matrix_columns` in the model's column order
     score        the arm's ONNX model (fallback: smoothed CTR)
@@ -166,10 +166,16 @@ class FeedRanker:
 
     # --- stages ---------------------------------------------------------------
 
-    async def _guarded(self, stage: str, call: Awaitable[T], deadline_ms: float, degraded: list[str]) -> T | None:
-        """Await an online-store read under its deadline and the breaker; None (and a reason) if it failed."""
+    async def _guarded(
+        self, stages: tuple[str, ...], call: Awaitable[T], deadline_ms: float, degraded: list[str]
+    ) -> T | None:
+        """Await an online-store read under its deadline and the breaker; None (and a reason per stage) if it failed.
+
+        `stages` are the request stages the read serves (one round trip may serve two): each gets the
+        reason and the read's time in its stage histogram.
+        """
         if not self.breaker.allow():
-            degraded.append(f"{stage}:store_unavailable")
+            degraded.extend(f"{stage}:store_unavailable" for stage in stages)
             if asyncio.iscoroutine(call):
                 call.close()
             return None
@@ -178,40 +184,55 @@ class FeedRanker:
             async with asyncio.timeout(deadline_ms / 1000):  # no extra task, unlike wait_for
                 result = await call
         except TimeoutError:
-            degraded.append(f"{stage}:deadline")
+            degraded.extend(f"{stage}:deadline" for stage in stages)
             self.breaker.failure()
             return None
         except CorruptRow as error:
             # The store answered; the stored value is bad. Degrade this answer, keep the breaker closed.
-            log.debug("%s: %s", stage, error)
-            degraded.append(f"{stage}:corrupt")
+            log.debug("%s: %s", stages, error)
+            degraded.extend(f"{stage}:corrupt" for stage in stages)
             return None
         except OnlineStoreError as error:
-            log.debug("%s read failed: %s", stage, error)
-            degraded.append(f"{stage}:store_unavailable")
+            log.debug("%s read failed: %s", stages, error)
+            degraded.extend(f"{stage}:store_unavailable" for stage in stages)
             self.breaker.failure()
             return None
         except Exception:
             # Anything else from a read (a decoder bug, a client library surprise) degrades this
             # answer too: no stored value may turn a request into a 500.
-            log.exception("%s read failed unexpectedly", stage)
-            degraded.append(f"{stage}:error")
+            log.exception("%s read failed unexpectedly", stages)
+            degraded.extend(f"{stage}:error" for stage in stages)
             return None
         finally:
-            self._stages[stage].observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            for stage in stages:
+                self._stages[stage].observe(elapsed)
         self.breaker.success()
         return result
 
-    async def _candidates(self, query: RankQuery, degraded: list[str]) -> tuple[list[str], str]:
+    async def _read_user_and_list(
+        self, query: RankQuery, degraded: list[str]
+    ) -> tuple[list[str] | None, FeatureRow | None]:
+        """The cached list and the user row in one round trip, under the tighter of the two deadlines."""
+        reads = await self._guarded(
+            ("candidates", "user_features"),
+            self.store.feed_reads(query.user_id, user_key(query.user_id)),
+            min(self.settings.candidates_deadline_ms, self.settings.user_features_deadline_ms),
+            degraded,
+        )
+        if reads is None:
+            return None, None
+        for stage, error in (("candidates", reads.candidates_error), ("user_features", reads.user_error)):
+            if error is not None:
+                log.debug("%s: %s", stage, error)
+                degraded.append(f"{stage}:corrupt")
+        return reads.candidates, reads.user
+
+    def _candidates(self, query: RankQuery, cached: list[str] | None, degraded: list[str]) -> tuple[list[str], str]:
+        """The request's list, else the user's cached list (read by the caller), else the fallback hierarchy."""
         limit = self.settings.max_candidates
         if query.candidates is not None:
             return _dedupe(query.candidates, limit), "request"
-        cached = await self._guarded(
-            "candidates",
-            self.store.candidate_list(user_key(query.user_id)),
-            self.settings.candidates_deadline_ms,
-            degraded,
-        )
         if cached:
             # Items the cache has not read yet are queued by the lookup that follows.
             return _dedupe(cached, limit), "user"
@@ -227,17 +248,14 @@ class FeedRanker:
         degraded.append("candidates:none")
         return [], "none"
 
-    async def _user_row(self, user_id: str, degraded: list[str]) -> FeatureRow | None:
-        row = await self._guarded(
-            "user_features", self.store.user_row(user_id), self.settings.user_features_deadline_ms, degraded
-        )
+    def _user_features(self, row: FeatureRow | None, degraded: list[str]) -> dict[str, FeatureValue | None] | None:
         if row is None:
             if not any(reason.startswith("user_features:") for reason in degraded):
                 degraded.append("user_features:absent")
             return None
         if row.as_of_ms is not None:
             self.metrics.feature_age.labels("user").observe(max(0.0, (self.clock_ms() - row.as_of_ms) / 1000))
-        return row
+        return dict(row.values)
 
     def _model(self, arm_version: int | None, degraded: list[str]) -> LoadedModel | None:
         models = self.registry.models
@@ -256,19 +274,22 @@ class FeedRanker:
         request_id = request_id or uuid.uuid4().hex
         now_ms = self.clock_ms()
         degraded: list[str] = []
-        user_degraded: list[str] = []
         arm = self.experiments.assigner.assign(query.user_id)
 
-        user_task = asyncio.ensure_future(self._user_row(query.user_id, user_degraded))
         if query.candidates is None:
-            candidates, source = await self._candidates(query, degraded)
+            cached, user_row = await self._read_user_and_list(query, degraded)
+            candidates, source = self._candidates(query, cached, degraded)
         else:
             t0 = time.perf_counter()
-            candidates, source = await self._candidates(query, degraded)
+            candidates, source = self._candidates(query, None, degraded)
             self._stages["candidates"].observe(time.perf_counter() - t0)
-        user_row = await user_task
-        degraded += user_degraded
-        user: dict[str, FeatureValue | None] | None = dict(user_row.values) if user_row is not None else None
+            user_row = await self._guarded(
+                ("user_features",),
+                self.store.user_row(query.user_id),
+                self.settings.user_features_deadline_ms,
+                degraded,
+            )
+        user = self._user_features(user_row, degraded)
 
         t0 = time.perf_counter()
         lookup = self.items.lookup(candidates)
@@ -284,7 +305,7 @@ class FeedRanker:
         oldest = lookup.oldest_as_of_ms()
         if oldest is not None:
             self.metrics.feature_age.labels("item").observe(max(0.0, (now_ms - oldest) / 1000))
-        catalog = self.catalog.aligned(candidates)
+        catalog = lookup.catalog(self.catalog, candidates)
         t1 = time.perf_counter()
         self._stages["item_features"].observe(t1 - t0)
 
@@ -363,7 +384,12 @@ class FeedRanker:
         n = len(candidates)
         last_items = user.get("user_last_item_ids") if user is not None and self.settings.filter_seen else None
         seen_ids = set(last_items) if isinstance(last_items, list) else set()
-        seen = np.array([c in seen_ids for c in candidates], dtype=bool) if seen_ids else np.zeros(n, dtype=bool)
+        # map over the set's __contains__: the loop stays in C (~36-40 us vs ~45 us for a listcomp of 500).
+        seen = (
+            np.fromiter(map(seen_ids.__contains__, candidates), dtype=bool, count=n)
+            if seen_ids
+            else np.zeros(n, dtype=bool)
+        )
         with np.errstate(invalid="ignore"):  # unknown creation time (NaN) is not new
             explorable = catalog.created_ms[:n] >= now_ms - self.settings.new_item_max_age_s * 1000
         # fmax turns a missing count (NaN) into 0 in one ufunc.

@@ -57,6 +57,10 @@ def thompson_order(
     return np.argsort(-draws, kind="stable")
 
 
+class _Incomplete(Exception):
+    """The walk needed a candidate beyond the part of the score order it was given."""
+
+
 class _RunTracker:
     def __init__(self, categories: Sequence[str | None], max_run: int) -> None:
         self.categories = categories
@@ -69,16 +73,42 @@ class _RunTracker:
             return True
         return self.tail[-self.max_run :].count(category) < self.max_run
 
-    def take(self, pool: list[int]) -> int:
-        """Remove and return the first index of `pool` the run rule allows, else the first."""
-        position = 0
+    def take(self, pool: list[int], complete: bool = True) -> int:
+        """Remove and return the first index of `pool` the run rule allows, else the first.
+
+        `complete=False`: `pool` is only the head of the real pool, so "none allowed" cannot be
+        decided here and raises `_Incomplete`.
+        """
+        position = -1
         for offset, candidate in enumerate(pool):
             if self.allows(candidate):
                 position = offset
                 break
+        if position < 0:
+            if not complete:
+                raise _Incomplete
+            position = 0
         index = pool.pop(position)
         self.tail.append(self.categories[index])
         return index
+
+
+def best_first(scores: FloatArray, limit: int) -> npt.NDArray[np.intp]:
+    """The `limit` best indices by score, highest first, ties in index order: the head of
+    `np.argsort(-scores, kind="stable")`, found with a partial sort (argpartition) when `limit < len(scores)`."""
+    n = len(scores)
+    negated = -scores
+    if limit >= n:
+        return np.argsort(negated, kind="stable")
+    if limit <= 0:
+        return np.empty(0, dtype=np.intp)
+    # argpartition breaks ties at the boundary arbitrarily: keep every index strictly better than the
+    # limit-th value, then the tied ones in index order, as the stable sort would.
+    threshold = negated[np.argpartition(negated, limit - 1)[limit - 1]]
+    better = np.flatnonzero(negated < threshold)
+    tied = np.flatnonzero(negated == threshold)[: limit - len(better)]
+    chosen = np.concatenate([better, tied])
+    return chosen[np.argsort(negated[chosen], kind="stable")]
 
 
 def choose_slate(
@@ -102,20 +132,51 @@ def choose_slate(
     if n_explore and len(candidates):
         ranked = thompson_order(clicks[candidates], impressions[candidates], rng, config.prior_alpha, config.prior_beta)
         explore = candidates[ranked[:n_explore]].tolist()
-    order = np.argsort(-scores, kind="stable")
+    # Seen items only backfill: their own order, best first (ties in index order).
+    seen_indices = np.flatnonzero(seen)
+    backfill: list[int] = seen_indices[np.argsort(-scores[seen_indices], kind="stable")].tolist()
     taken = seen.copy()
     taken[explore] = True
-    unseen: list[int] = order[~taken[order]].tolist()
-    backfill: list[int] = order[seen[order]].tolist()
-    slots = set(exploration_slots(min(k, n), len(explore)))
+    n_slots = min(k, n)
+    # A slate of k walks the head of the score order: k items plus what the run rule passes over.
+    # Sorting only that head (a partial sort) is exact unless the walk runs past it (more than
+    # 4k candidates of one category in a row), and then the walk is redone on the full order.
+    head = 4 * n_slots + len(explore) + len(backfill)
+    if head < n:
+        try:
+            return _walk(best_first(scores, head), taken, explore, backfill, categories, n_slots, config, False)
+        except _Incomplete:
+            pass
+    return _walk(best_first(scores, n), taken, explore, backfill, categories, n_slots, config, True)
 
+
+def _walk(
+    order: npt.NDArray[np.intp],
+    taken: BoolArray,
+    explore: list[int],
+    backfill: list[int],
+    categories: Sequence[str | None],
+    n_slots: int,
+    config: PolicyConfig,
+    complete: bool,
+) -> list[Slot]:
+    """Fill the slots from the exploration picks, the unseen candidates in `order` and the backfill.
+
+    `complete=False`: `order` is only the head of the score order; raises `_Incomplete` when the walk
+    would need a candidate beyond it.
+    """
+    unseen: list[int] = order[~taken[order]].tolist()
+    explore, backfill = list(explore), list(backfill)
+    slots = set(exploration_slots(n_slots, len(explore)))
     runs = _RunTracker(categories, config.max_run)
     slate: list[Slot] = []
-    for position in range(min(k, n)):
+    for position in range(n_slots):
+        if not unseen and not complete:
+            raise _Incomplete  # unseen candidates may remain beyond the head
         if explore and (position in slots or not unseen):
             slate.append(Slot(runs.take(explore), explored=True))
         elif unseen:
-            slate.append(Slot(runs.take(unseen), explored=False))
+            slate.append(Slot(runs.take(unseen, complete), explored=False))
         elif backfill:
             slate.append(Slot(runs.take(backfill), explored=False))
     return slate

@@ -239,6 +239,39 @@ def test_corrupt_hashes_in_redis_degrade_answers_and_never_stop_the_refresh(
         client.close()
 
 
+def test_the_list_and_the_user_row_read_in_one_round_trip_degrade_apart(
+    redis_server: Component, model_registry: Path, world: SeededWorld
+) -> None:
+    import redis
+
+    from serving.online_store import FeastRedisLayout
+
+    layout_user = FeastRedisLayout("freshrank", USER_VIEW, "user_id", USER_FEATURE_NAMES)
+    listed_bad_user, bad_listed_user = world.users[4], world.users[5]
+    host, _, port = redis_server.address.rpartition(":")
+    client = redis.Redis(host=host, port=int(port))
+    saved_user = client.hgetall(layout_user.key(listed_bad_user))
+    client.set(user_key(listed_bad_user), encode_candidates(world.items[:50]))
+    client.hset(layout_user.key(listed_bad_user), layout_user.fields[0], b"\xff\xfe not a protobuf")
+    client.set(user_key(bad_listed_user), b"{not json")
+    try:
+        with AppClient(create_app(settings_for(redis_server.address, model_registry, world))) as api:
+            # A good list with a corrupt user row: the list still serves.
+            body = api.get(f"/v1/feed/{listed_bad_user}?k=5").json()
+            assert body["candidate_source"] == "user" and body["degraded"] == ["user_features:corrupt"]
+            assert {i["item_id"] for i in body["items"]} <= set(world.items[:50])
+            # A corrupt list with a good user row: popular items, ranked with the user's features.
+            body = api.get(f"/v1/feed/{bad_listed_user}?k=5").json()
+            assert body["degraded"] == ["candidates:corrupt", "candidates:popular_global"]
+            assert body["candidate_source"] == "popular_global" and body["items"]
+            # A good list and row in the same pipeline: nothing degraded.
+            assert api.get(f"/v1/feed/{world.users[0]}?k=5").json()["degraded"] == []
+    finally:
+        client.hset(layout_user.key(listed_bad_user), mapping=saved_user)
+        client.delete(user_key(listed_bad_user), user_key(bad_listed_user))
+        client.close()
+
+
 def test_a_corrupt_model_is_refused_and_the_old_model_keeps_serving(
     redis_server: Component, model_registry: Path, world: SeededWorld, tmp_path: Path
 ) -> None:

@@ -9,10 +9,11 @@ import numpy as np
 
 from features.events import EventType
 from features.item import ItemFeatures
-from features.ranking import ItemMeta, feature_matrix, feature_matrix_columns
+from features.ranking import CatalogColumns, ItemMeta, feature_matrix, feature_matrix_columns
 from features.user import UserFeatures
-from serving.items import ITEM_COLUMNS, Catalog, ItemSnapshot
-from serving.online_store import FeatureRow
+from serving.items import ITEM_COLUMNS, Catalog, ItemFeatureCache, ItemSnapshot
+from serving.metrics import ServingMetrics
+from serving.online_store import FeatureRow, InMemoryOnlineStore
 from tests.factories import NOW_MS, make_event
 from training.synthetic import CatalogItem, write_catalog
 
@@ -102,3 +103,29 @@ def test_aligned_catalog_columns_give_feature_matrix_for_the_candidates(tmp_path
     np.testing.assert_array_equal(got, expected)
     assert aligned.known.tolist() == [True, False, True, True, False]  # the sentinel row stays last
     assert aligned.category_names() == ["news", None, "news", "sport"]
+
+
+def same_columns(got: CatalogColumns, expected: CatalogColumns) -> None:
+    np.testing.assert_array_equal(got.known, expected.known)
+    np.testing.assert_array_equal(got.created_ms, expected.created_ms)
+    np.testing.assert_array_equal(got.duration_ms, expected.duration_ms)
+    assert got.category_names() == expected.category_names()
+
+
+def test_catalog_rows_found_at_refresh_give_the_aligned_catalog_until_it_reloads() -> None:
+    _, rows = live_rows()
+    catalog = Catalog(Path("unused"))
+    catalog.load([ItemMeta("i-1", "news", 100, 1000), ItemMeta("i-3", "sport", 300, 3000), ItemMeta("x", "a", 1, 1)])
+    snapshot = ItemSnapshot.build(rows, NOW_MS).with_catalog(catalog)
+    cache = ItemFeatureCache(InMemoryOnlineStore(), catalog, ServingMetrics(), 30.0, 1000)
+    cache.snapshot = snapshot
+    for candidates in (["i-3", "i-0", "i-1", "i-5"], ["i-1", "x", "i-2"], []):  # all cached; one not cached; none
+        same_columns(cache.lookup(candidates).catalog(catalog, candidates), catalog.aligned(candidates))
+    # Items merged in by a quick read get their catalog rows too.
+    cache.snapshot = snapshot.merged({"x": rows["i-2"]})
+    same_columns(cache.lookup(["x", "i-1"]).catalog(catalog, ["x", "i-1"]), catalog.aligned(["x", "i-1"]))
+    # A reloaded catalog (other rows, other order) is read as such, not through the snapshot's old rows.
+    catalog.load([ItemMeta("i-3", "music", 5, 5), ItemMeta("i-1", "sport", 7, 7)])
+    reloaded = cache.lookup(["i-1", "i-3", "i-0"]).catalog(catalog, ["i-1", "i-3", "i-0"])
+    same_columns(reloaded, catalog.aligned(["i-1", "i-3", "i-0"]))
+    assert reloaded.category_names() == ["sport", "music", None]

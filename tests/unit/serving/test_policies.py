@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from serving.policies import PolicyConfig, choose_slate, exploration_slots, fallback_scores
+from serving.policies import (
+    PolicyConfig,
+    best_first,
+    choose_slate,
+    exploration_slots,
+    fallback_scores,
+    thompson_order,
+)
 
 NO_EXPLORE = PolicyConfig(exploration_share=0.0)
 
@@ -127,3 +135,87 @@ def test_empty_candidates_give_an_empty_slate() -> None:
 def test_fallback_scores_use_ctr_then_candidate_order() -> None:
     scores = fallback_scores(np.array([np.nan, 0.2, np.nan]), prior_mean=0.05)
     assert list(np.argsort(-scores)) == [1, 0, 2]
+
+
+def full_sort_slate(
+    scores: np.ndarray,
+    categories: list[str | None],
+    seen: np.ndarray,
+    explore: list[int],
+    k: int,
+    max_run: int,
+) -> list[tuple[int, bool]]:
+    """The slate walk as first written: the whole candidate list sorted, then walked (the reference)."""
+    n = len(scores)
+    order = np.argsort(-scores, kind="stable")
+    taken = seen.copy()
+    taken[explore] = True
+    unseen = order[~taken[order]].tolist()
+    backfill = order[seen[order]].tolist()
+    explore = list(explore)
+    slots = set(exploration_slots(min(k, n), len(explore)))
+    tail: list[str | None] = []
+
+    def take(pool: list[int]) -> int:
+        position = 0
+        for offset, candidate in enumerate(pool):
+            category = categories[candidate]
+            if category is None or len(tail) < max_run or tail[-max_run:].count(category) < max_run:
+                position = offset
+                break
+        index = pool.pop(position)
+        tail.append(categories[index])
+        return index
+
+    out: list[tuple[int, bool]] = []
+    for position in range(min(k, n)):
+        if explore and (position in slots or not unseen):
+            out.append((take(explore), True))
+        elif unseen:
+            out.append((take(unseen), False))
+        elif backfill:
+            out.append((take(backfill), False))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_the_partial_sort_gives_the_slate_of_the_full_sort(seed: int) -> None:
+    # Ties (few distinct scores), one dominant category (the walk runs past the sorted head),
+    # many seen items, unknown categories, k above and below the candidate count.
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    k = int(rng.integers(1, 60))
+    distinct = int(rng.choice([2, 5, 1000]))
+    scores = rng.integers(0, distinct, n) / distinct
+    names = ["a", "b", "c", None][: int(rng.integers(1, 5))]
+    weights = rng.dirichlet(np.ones(len(names)) * rng.choice([0.1, 1.0]))
+    categories = [names[i] for i in rng.choice(len(names), n, p=weights)]
+    seen = rng.random(n) < rng.choice([0.0, 0.1, 0.9])
+    explorable = rng.random(n) < 0.2
+    clicks = rng.integers(0, 5, n).astype(np.float64)
+    impressions = clicks + rng.integers(0, 50, n)
+    config = PolicyConfig(exploration_share=float(rng.choice([0.0, 0.1, 0.3])), max_run=int(rng.integers(1, 3)))
+    chosen = choose_slate(
+        scores, categories, seen, explorable, clicks, impressions, k, config, np.random.default_rng(seed)
+    )
+    # The exploration picks come from the same draws; the reference walks with them.
+    n_explore = int(k * config.exploration_share)
+    candidates = np.flatnonzero(explorable & ~seen)
+    picks: list[int] = []
+    if n_explore and len(candidates):
+        ranked = thompson_order(
+            clicks[candidates],
+            impressions[candidates],
+            np.random.default_rng(seed),
+            config.prior_alpha,
+            config.prior_beta,
+        )
+        picks = candidates[ranked[:n_explore]].tolist()
+    expected = full_sort_slate(scores, categories, seen, picks, k, config.max_run)
+    assert [(slot.index, slot.explored) for slot in chosen] == expected
+
+
+@pytest.mark.parametrize("limit", [0, 1, 3, 7, 10, 11])
+def test_best_first_is_the_head_of_the_stable_sort(limit: int) -> None:
+    scores = np.array([0.5, 0.9, 0.5, 0.1, 0.9, 0.5, 0.5, 0.0, 0.9, 0.5])
+    assert best_first(scores, limit).tolist() == np.argsort(-scores, kind="stable")[:limit].tolist()

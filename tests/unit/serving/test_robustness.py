@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from features.candidates import user_key
 from serving import app as app_module
 from serving import items as items_module
 from serving.app import create_app
@@ -44,6 +45,19 @@ def test_a_corrupt_user_row_degrades_the_answer(client: AppClient, store: InMemo
         "user_features:absent",
         "candidates:popular_global",
     }
+
+
+def test_a_corrupt_cached_list_degrades_only_the_candidates(client: AppClient, store: InMemoryOnlineStore) -> None:
+    # The list and the user row come back from one round trip: a bad list must not spoil the good row.
+    store.corrupt.add(user_key("u-1"))
+    response = client.get("/v1/feed/u-1?k=5")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["degraded"] == ["candidates:corrupt", "candidates:popular_global"]
+    assert body["candidate_source"] == "popular_global" and body["items"]
+    # The store answered: the breaker stays closed and the next answer reads Redis again.
+    store.corrupt.clear()
+    assert client.get("/v1/feed/u-1?k=5").json()["degraded"] == []
 
 
 def test_a_user_row_of_the_wrong_shape_ranks_as_a_user_without_features(
