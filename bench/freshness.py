@@ -320,15 +320,16 @@ def run(rate: float, seconds: float, seed: int, log: Callable[[str], None]) -> d
     }
 
 
-def sustained(trial: dict[str, Any], rate: float, p99_ms: float) -> bool:
-    """Nothing lost, p99 freshness under the bar, and the job kept up with the publish rate."""
-    return bool(trial["lost"] == 0 and trial["freshness_ms"]["p99"] < p99_ms and trial["throughput_eps"] >= 0.95 * rate)
+def sustained(trial: dict[str, Any], p99_ms: float) -> bool:
+    """Nothing lost and p99 freshness under the bar (a job that falls behind shows it in its freshness)."""
+    return bool(trial["lost"] == 0 and trial["freshness_ms"]["p99"] < p99_ms)
 
 
 def find_max(
     seconds: float, seed: int, log: Callable[[str], None], start_rate: float = 1000.0, p99_ms: float = 1000.0
 ) -> dict[str, Any]:
-    """The highest rate the job sustains (see `sustained`): doubling from `start_rate`, then three bisections.
+    """The highest rate the job sustains (see `sustained`): doubling from `start_rate` (halving while it fails),
+    then three bisections.
 
     Each trial is a fresh job (own checkpoints, own topic) on one broker and Redis.
     """
@@ -344,7 +345,7 @@ def find_max(
                 n = len(trials)
                 settings = StackSettings(state_dir=root / f"trial-{n}", broker_port=0, redis_port=0)
                 result = run_freshrank(settings, broker, redis, rate, seconds, seed, log, topic=f"bench-max-{n}")
-                ok = sustained(result, rate, p99_ms)
+                ok = sustained(result, p99_ms)
                 trials.append({"rate_eps": rate, "sustained": ok, **result})
                 verdict = "ok" if ok else "not sustained"
                 log(
@@ -354,8 +355,14 @@ def find_max(
                 return ok
 
             low, high = 0.0, start_rate
-            while trial(high):
+            if trial(high):
                 low, high = high, high * 2
+                while trial(high):
+                    low, high = high, high * 2
+            else:
+                while high > 100 and not trial(round(high / 2, -2)):
+                    high = round(high / 2, -2)
+                low = round(high / 2, -2) if high > 100 else 0.0
             for _ in range(3):
                 middle = round((low + high) / 2, -2) if low else round(high / 2, -2)
                 if middle in (low, high) or middle <= 0:
