@@ -14,6 +14,7 @@ in it. Loss = events sent minus events the features include.
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,19 @@ def publish(bootstrap: str, topic: str, rate: float, seconds: float, seed: int) 
     return sent, started
 
 
+def publish_warm_up(bootstrap: str, topic: str, seed: int, count: int = 8) -> int:
+    """A few events of users outside the measured world, sent at once; returns how many."""
+    now = wall_clock_ms()
+    events = [
+        replace(event, user_id=f"warm-up-{n}", event_id=f"warm-up-{seed}-{n}")
+        for n, event in enumerate(itertools.islice(world(count, 1, seed + 1, now).events(), count))
+    ]
+    with EventPublisher(KafkaSettings(bootstrap_servers=bootstrap, topic=topic)) as publisher:
+        for event in events:
+            publisher.publish(event)
+    return len(events)
+
+
 def wait_until(done: Callable[[], bool], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -136,21 +151,26 @@ def run_freshrank(
         }
     )
     with running(job, settings.state_dir / "logs"):
-        log(f"freshrank: publishing {rate:.0f} events/s for {seconds:.0f} s")
-        job_pid = job.process.pid if job.process is not None else None
-        cpu_before = cpu_seconds(job_pid)
-        sent, started = publish(broker.address, topic, rate, seconds, seed)
 
         def admitted() -> float:
             series = scrape(job.address) or {}
             return series.get('freshrank_stream_events_total{outcome="admitted"}', 0.0)
 
-        wait_until(lambda: admitted() >= sent, timeout_s=max(120.0, seconds * 10))
+        # The job serves /metrics once its first operator is open, before every operator is: without a
+        # warm-up its first seconds of start-up were counted as the first events' staleness.
+        warm_up = publish_warm_up(broker.address, topic, seed)
+        if not wait_until(lambda: admitted() >= warm_up, timeout_s=120.0):
+            raise RuntimeError("the stream job did not admit the warm-up events within 120 s")
+        log(f"freshrank: publishing {rate:.0f} events/s for {seconds:.0f} s")
+        job_pid = job.process.pid if job.process is not None else None
+        cpu_before = cpu_seconds(job_pid)
+        sent, started = publish(broker.address, topic, rate, seconds, seed)
+        wait_until(lambda: admitted() >= sent + warm_up, timeout_s=max(120.0, seconds * 10))
         caught_up = time.monotonic()
         job_cpu = cpu_seconds(job_pid) - cpu_before
         time.sleep(2.5)  # the last coalesced rows, and a publish of the freshness gauges (once a second)
         series = scrape(job.address) or {}
-    applied = int(series.get('freshrank_stream_events_total{outcome="admitted"}', 0))
+    applied = int(series.get('freshrank_stream_events_total{outcome="admitted"}', 0)) - warm_up
     freshness = {
         "p50": 1000 * series.get('freshrank_stream_freshness_recent_seconds{quantile="0.5"}', float("nan")),
         "p99": 1000 * series.get('freshrank_stream_freshness_recent_seconds{quantile="0.99"}', float("nan")),

@@ -86,6 +86,7 @@ def dashboard_url(settings: StreamSettings) -> str | None:
 
 def build(env: StreamExecutionEnvironment, settings: StreamSettings) -> None:
     """Add the job's operators to `env`; see streaming/operators.py for each step."""
+    env.set_buffer_timeout(settings.buffer_timeout_ms)
     tables = StreamTableEnvironment.create(env)
     tables.execute_sql(
         "CREATE TEMPORARY TABLE freshrank_ticks (n BIGINT) WITH ("

@@ -667,7 +667,7 @@ class RowWriter:
 
     def __init__(self, settings: StreamSettings) -> None:
         self._sink = OnlineStoreSink(settings.redis_connection_string())
-        self._freshness = metrics.RecentFreshness(settings.freshness_window_s)
+        self._freshness = metrics.recent_freshness(settings.freshness_window_s)
         self._retry(self._sink.open)
 
     def write(self, rows: list[FeatureRow]) -> None:

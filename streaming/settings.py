@@ -69,6 +69,12 @@ class StreamSettings(BaseSettings):
         description="Per-user lateness bound: an event older than the user's newest admitted event by more is late.",
     )
     flush_interval_ms: int = Field(100, gt=0, description="A key emits at most one row per interval (coalescing).")
+    buffer_timeout_ms: int = Field(
+        5,
+        ge=-1,
+        description="Flink flushes a partly filled network buffer between operators after this long (Flink's "
+        "default, 100 ms, added up to 100 ms per hop: ticks, polls and item batches cross three). -1: only when full.",
+    )
     metrics_port: int = Field(9464, ge=0, description="Prometheus /metrics of the job; 0 disables.")
     flink_log_dir: Path = Field(
         Path(".freshrank/logs/flink"),

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from prometheus_client import REGISTRY
 
 from cli.stack import stream_problems
@@ -44,3 +45,33 @@ def test_metrics_stay_in_process_memory_even_after_feast_asked_for_files() -> No
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "MutexValue"
+
+
+def test_the_freshness_gauges_count_the_rows_of_every_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streaming import operators
+    from streaming.entities import FeatureRow
+    from streaming.settings import StreamSettings
+
+    class Sink:
+        def __init__(self, address: str) -> None:
+            pass
+
+        def open(self) -> None:
+            pass
+
+        def write(self, rows: object) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(operators, "OnlineStoreSink", Sink)
+    users, items = operators.RowWriter(StreamSettings()), operators.RowWriter(StreamSettings())
+    tracker = metrics.recent_freshness(60.0)
+    before = REGISTRY.get_sample_value("freshrank_stream_freshness_recent_samples") or 0.0
+    now = operators.now_ms()
+    users.write([FeatureRow("user_stream_features", f"u{n}", {}, now, n, now) for n in range(3)])
+    items.write([FeatureRow("item_stream_features", f"i{n}", {}, now, n, now) for n in range(2)])
+    tracker._published = -float("inf")
+    tracker.publish()
+    assert REGISTRY.get_sample_value("freshrank_stream_freshness_recent_samples") == before + 5
