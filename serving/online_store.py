@@ -1,9 +1,9 @@
 """Reads of the online store for the request path: user and item feature rows, candidate lists.
 
-Feature rows are Feast's: the Redis backend reads the hashes Feast's redis online
-store writes, with Feast's own key function (`_redis_key`) and field hashing
-(`_mmh3("<view>:<feature>")`), and decodes Feast `Value` protos, so what the stream
-job writes through Feast is what we read, in one HMGET per entity instead of
+Feature rows are Feast's: the Redis backend reads the hashes in Feast's redis online
+store layout, with Feast's key (spelled in feature_repo/layout.py, checked against
+Feast's `_redis_key`) and field hashing (`_mmh3("<view>:<feature>")`), and decodes
+Feast `Value` protos, so what the stream job writes in that layout is what we read, in one HMGET per entity instead of
 Feast's per-call planning (3-8 ms for one entity here, ~400 ms for 500).
 `user_reads: feast_sdk` uses `FeatureStore.get_online_features` instead.
 
@@ -15,26 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import redis
 import redis.asyncio as aioredis
-from feast.infra.online_stores.helpers import _mmh3, _redis_key
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.infra.online_stores.helpers import _mmh3
 from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
+from feature_repo.layout import EntityKeys
 from features.candidates import decode_candidates, popular_country_key
 from features.definitions import ITEM_FEATURE_NAMES, USER_FEATURE_NAMES, FeatureValue
 from serving.settings import MemoryOnlineStore, RedisOnlineStore
 
 log = logging.getLogger("freshrank.serving.online_store")
 
-ENTITY_KEY_SERIALIZATION_VERSION = 3  # feature_store.yaml entity_key_serialization_version
 ITEM_BATCH = 500
 DECODE_SLICE = 32  # items decoded (~60 us each) between yields to the event loop during a refresh
 POPULAR_COUNTRY_PREFIX = popular_country_key("")
@@ -106,27 +104,12 @@ class FeastRedisLayout:
         self.join_key = join_key
         self.names = (*names, AS_OF_FIELD)
         self.fields: list[bytes | str] = [_mmh3(f"{view}:{name}") for name in self.names]
-        # Feast's v3 key of one string entity is <fixed prefix><u32 length><utf-8 id><project>. Building
-        # it with Feast's protobuf path cost ~50 us a key, so it used to be memoised: 500k entries, ~195 MB,
-        # fed by any id a client sent. Spelled directly it costs ~0.3 us and needs no memo; the prefix is
-        # taken from Feast's own function and `key` is checked against it (tests, and here at start).
-        project_bytes = project.encode()
-        empty = self.feast_key("")
-        self._prefix = empty[: len(empty) - 4 - len(project_bytes)]
-        self._suffix = project_bytes
-        for probe in ("item-1", "ünï-код-🙂"):
-            if self.key(probe) != self.feast_key(probe):  # a Feast upgrade changed the layout: use Feast's path
-                self.key = self.feast_key  # type: ignore[method-assign]
-                break
-
-    def feast_key(self, entity_id: str) -> bytes:
-        """Feast's own key for this entity (the reference `key` must equal)."""
-        entity = EntityKey(join_keys=[self.join_key], entity_values=[Value(string_val=entity_id)])
-        return _redis_key(self.project, entity, ENTITY_KEY_SERIALIZATION_VERSION)
-
-    def key(self, entity_id: str) -> bytes:
-        encoded = entity_id.encode()
-        return b"".join((self._prefix, struct.pack("<I", len(encoded)), encoded, self._suffix))
+        # Keys are spelled as the stream job writes them (feature_repo/layout.py); the key used to be
+        # memoised from Feast's protobuf path: 500k entries, ~195 MB, fed by any id a client sent.
+        keys = EntityKeys(project, join_key)
+        self.feast_key = keys.feast_key
+        # A Feast upgrade that changed the layout: read with Feast's own (slower) key function.
+        self.key = keys.key if keys.matches_feast else keys.feast_key
 
     def decode(self, raw: Sequence[bytes | None]) -> FeatureRow | None:
         """The row, None if the entity has no row; `CorruptRow` if a field is not a Feast `Value`."""
