@@ -68,14 +68,13 @@ class SeededWorld:
 
 def seed_world(
     redis_address: str,
-    feast_registry: Path,
     state_dir: Path,
     users: int = 2000,
     items: int = 1500,
     seconds: float = 60.0,
     seed: int = 0,
 ) -> SeededWorld:
-    """Replay a synthetic world with `features/` and write every user's and item's row through Feast."""
+    """Replay a synthetic world with `features/` and write every user's and item's row as the stream job does."""
     now = wall_clock_ms()
     world = SyntheticWorld(
         WorldConfig(
@@ -463,7 +462,7 @@ def run(
             log(f"redis on {redis.address}; feast apply")
             apply(redis.address, feast_registry)
             log("replaying a synthetic world into the Feast online store")
-            world = seed_world(redis.address, feast_registry, work, items=max(1500, candidates * 2))
+            world = seed_world(redis.address, work, items=max(1500, candidates * 2))
             write_candidate_lists(redis.address, world, candidates)
             if registry is None:
                 log(f"{len(world.users)} users, {len(world.items)} items; training the ranker (freshrank train)")

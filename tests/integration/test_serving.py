@@ -42,7 +42,7 @@ INGEST = {"Authorization": "Bearer dev-key"}
 @pytest.fixture(scope="module")
 def world(redis_server: Component, feast_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> SeededWorld:
     state = tmp_path_factory.mktemp("serving-world")
-    seeded = seed_world(redis_server.address, feast_registry, state, users=300, items=400, seconds=30, seed=5)
+    seeded = seed_world(redis_server.address, state, users=300, items=400, seconds=30, seed=5)
     import redis
 
     host, _, port = redis_server.address.rpartition(":")
