@@ -320,8 +320,9 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
 
     Order per poll: process in memory, write the dead letters and wait for their
     delivery reports (retrying, and reading nothing else, while the DLQ refuses),
-    then emit rows and item batches and save the state. A checkpoint therefore
-    never holds an offset past a refused record that is not on the DLQ.
+    then write the user rows to Redis, emit the item batches and save the state.
+    A checkpoint therefore never holds an offset past a refused record that is
+    not on the DLQ, nor a schedule whose rows are not in Redis.
     """
 
     def __init__(self, settings: StreamSettings) -> None:
