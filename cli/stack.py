@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -62,7 +64,36 @@ class StackSettings(BaseSettings):
 # --- ports and binaries -------------------------------------------------------
 
 
+# Linux's default when /proc does not say (macOS hands out 49152-65535, above it).
+_EPHEMERAL_DEFAULT = (32768, 60999)
+_FREE_PORTS_FROM = 20000
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The ports the kernel hands out for bind(0) and outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return _EPHEMERAL_DEFAULT
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, below the kernel's ephemeral range.
+
+    A port from bind(0) is ephemeral: between the moment it is picked and the
+    moment the component binds it, any process that binds port 0 or connects
+    out may be given it. CI saw exactly that: the PyFlink JVM's py4j gateway
+    took the port picked for the Flink dashboard and answered its probe with
+    `!xn`. The kernel never hands out ports below the range on its own.
+    """
+    low, _ = ephemeral_port_range()
+    candidates = list(range(_FREE_PORTS_FROM, low))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        if port_bindable(host, port) is None:
+            return port
+    # No room below the range (a tuned kernel): the kernel's pick, with the race above.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -253,7 +284,7 @@ def scrape(address: str, timeout_s: float = 5.0) -> dict[str, float] | None:
     try:
         with urllib.request.urlopen(f"http://{address}/metrics", timeout=timeout_s) as response:
             text = response.read().decode()
-    except OSError:
+    except (OSError, ValueError, http.client.HTTPException):  # HTTPException: not an HTTP server
         return None
     series: dict[str, float] = {}
     for line in text.splitlines():
@@ -370,7 +401,7 @@ def http_healthy(address: str, path: str = "/healthz", timeout_s: float = 2.0) -
     try:
         with urllib.request.urlopen(f"http://{address}{path}", timeout=timeout_s) as response:
             return bool(response.status == 200)
-    except OSError:
+    except (OSError, http.client.HTTPException):  # HTTPException: not an HTTP server
         return False
 
 

@@ -7,6 +7,7 @@ This module only reads: it never cancels, rescales or triggers anything.
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -39,7 +40,8 @@ def _get(base_url: str, path: str, timeout_s: float) -> Any:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         raise FlinkRestUnavailable(f"Flink REST API at {base_url} answered {error.code} to {path}") from None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        # HTTPException: something that is not an HTTP server holds the port (BadStatusLine).
         reason = getattr(error, "reason", error)
         raise FlinkRestUnavailable(f"Flink REST API at {base_url} is not reachable ({reason})") from None
 

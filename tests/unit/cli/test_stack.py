@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,11 +18,15 @@ from cli.stack import (
     StackError,
     StackSettings,
     claim_port,
+    ephemeral_port_range,
     flink_detail,
     flink_problems,
     free_port,
     group_members,
+    http_healthy,
     java_version,
+    port_bindable,
+    scrape,
     stop_group,
     stream_component,
 )
@@ -79,9 +84,28 @@ def test_stop_group_returns_once_the_grandchildren_are_gone_too() -> None:
         leader.wait()
 
 
-def test_port_zero_picks_a_free_port() -> None:
-    port = claim_port("127.0.0.1", 0, "broker", "--broker-port")
-    assert 0 < port < 65536
+def test_port_zero_picks_a_free_port_the_kernel_never_hands_out() -> None:
+    # Below the ephemeral range: no process binding port 0 (the PyFlink gateway) can
+    # take it between the pick and the component's bind.
+    low, high = ephemeral_port_range()
+    assert low < high
+    ports = {claim_port("127.0.0.1", 0, "broker", "--broker-port") for _ in range(20)}
+    assert all(1024 <= port < low for port in ports)
+    assert all(port_bindable("127.0.0.1", port) is None for port in ports)
+    assert len(ports) > 1
+
+
+def test_a_free_port_skips_ports_that_listen(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # Only the taken port and one more below the "ephemeral range": the free one is picked.
+        monkeypatch.setattr("cli.stack._FREE_PORTS_FROM", port)
+        monkeypatch.setattr("cli.stack.ephemeral_port_range", lambda: (port + 2, 60999))
+        if port_bindable("127.0.0.1", port + 1) is not None:
+            pytest.skip(f"port {port + 1} is busy on this machine")
+        assert {free_port() for _ in range(10)} == {port + 1}
 
 
 def test_missing_java_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -157,3 +181,24 @@ def test_status_text_names_the_last_checkpoint_and_its_age() -> None:
     text = _flink_text(flink)
     assert "RUNNING" in text and "2 restarts" in text and "checkpoint 41 completed 1.3 s ago" in text
     assert "no completed checkpoint yet" in _flink_text({**flink, "last_checkpoint_id": None})
+
+
+def test_probes_of_a_port_held_by_something_that_is_not_http_say_unhealthy() -> None:
+    # CI saw PyFlink's py4j gateway on a component's port; a probe must not crash the supervisor.
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def answer_like_py4j() -> None:
+            for _ in range(2):
+                connection, _ = server.accept()
+                with connection:
+                    connection.recv(4096)
+                    connection.sendall(b"!xn\n")
+
+        thread = threading.Thread(target=answer_like_py4j, daemon=True)
+        thread.start()
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        assert http_healthy(address, timeout_s=2.0) is False
+        assert scrape(address, timeout_s=2.0) is None
+        thread.join(timeout=5)
