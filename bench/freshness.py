@@ -38,6 +38,7 @@ from cli.stack import (
     redis_component,
     running,
     scrape,
+    scrape_all,
     stream_component,
 )
 from sdk.publisher import EventPublisher, publish_paced, wall_clock_ms
@@ -136,10 +137,14 @@ def run_freshrank(
     seed: int,
     log: Callable[[str], None],
     topic: str = "bench-freshrank",
+    task_managers: int = 0,
 ) -> dict[str, Any]:
+    """The job against `rate` events/s for `seconds`: in a mini-cluster, or (task_managers >= 1) on a local
+    standalone cluster of that many TaskManagers at parallelism task_managers."""
     create_topic(broker.address, topic)
     metrics_port = free_port()
-    job = stream_component(settings, broker, redis, metrics_port)
+    job = stream_component(settings, broker, redis, metrics_port, task_managers=task_managers)
+    addresses = job.metrics or [job.address]
     catalog = settings.state_dir / "catalog.parquet"
     write_catalog(world(rate, seconds, seed, wall_clock_ms()).catalog(), catalog)
     job.env.update(
@@ -153,7 +158,7 @@ def run_freshrank(
     with running(job, settings.state_dir / "logs"):
 
         def admitted() -> float:
-            series = scrape(job.address) or {}
+            series = scrape_all(addresses) or {}
             return series.get('freshrank_stream_events_total{outcome="admitted"}', 0.0)
 
         # The job serves /metrics once its first operator is open, before every operator is: without a
@@ -169,7 +174,9 @@ def run_freshrank(
         caught_up = time.monotonic()
         job_cpu = cpu_seconds(job_pid) - cpu_before
         time.sleep(2.5)  # the last coalesced rows, and a publish of the freshness gauges (once a second)
-        series = scrape(job.address) or {}
+        # Summed over the TaskManagers; the freshness quantiles are the worst TaskManager's (see scrape_all).
+        series = scrape_all(addresses) or {}
+        per_process = [scrape(address) or {} for address in addresses]
     applied = int(series.get('freshrank_stream_events_total{outcome="admitted"}', 0)) - warm_up
     freshness = {
         "p50": 1000 * series.get('freshrank_stream_freshness_recent_seconds{quantile="0.5"}', float("nan")),
@@ -187,6 +194,11 @@ def run_freshrank(
         # CPU of the job's processes (client and JVM with its embedded Python) from the first publish to caught up.
         "cpu_s": round(job_cpu, 1),
         "cpu_us_per_event": round(1e6 * job_cpu / max(applied, 1), 1),
+        "task_managers": task_managers,
+        # Events each process admitted (one per TaskManager; the mini-cluster is one), warm-up included.
+        "events_per_process": [
+            int(one.get('freshrank_stream_events_total{outcome="admitted"}', 0)) for one in per_process
+        ],
     }
 
 
@@ -336,6 +348,39 @@ def run(rate: float, seconds: float, seed: int, log: Callable[[str], None]) -> d
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         **freshrank,
         "baseline": baseline,
+        "git_commit": _git_commit(),
+    }
+
+
+def compare_parallelism(rate: float, seconds: float, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The same events at the same rate against the job on a local cluster of 1 TaskManager (parallelism 1),
+    then of 2 TaskManagers (parallelism 2), each on its own topic and checkpoints, one broker and Redis.
+
+    In thread mode a JVM's Python operators share one interpreter and its GIL: only more TaskManager
+    processes add cores. The rate should saturate parallelism 1, so that throughput is the job's, not the
+    publisher's; `throughput_ratio` is parallelism 2's throughput over parallelism 1's.
+    """
+    runs: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="freshrank-bench-") as tmp:
+        root = Path(tmp)
+        shared = StackSettings(state_dir=root, broker_port=0, redis_port=0)
+        broker = broker_component(shared, free_port())
+        redis = redis_component(shared, free_port())
+        with running(broker, root / "logs"), running(redis, root / "logs"):
+            for task_managers in (1, 2):
+                settings = StackSettings(state_dir=root / f"p{task_managers}", broker_port=0, redis_port=0)
+                log(f"parallelism {task_managers}: a local cluster of {task_managers} TaskManagers")
+                runs[f"parallelism_{task_managers}"] = run_freshrank(
+                    settings, broker, redis, rate, seconds, seed, log, f"bench-p{task_managers}", task_managers
+                )
+    one, two = runs["parallelism_1"], runs["parallelism_2"]
+    return {
+        "benchmark": "freshness-parallelism",
+        "rate_eps": rate,
+        "seconds": seconds,
+        **runs,
+        "throughput_ratio": round(two["throughput_eps"] / max(one["throughput_eps"], 1e-9), 2),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "git_commit": _git_commit(),
     }
 

@@ -447,13 +447,30 @@ def bench_freshness(
             "(doubling from --rate, then bisection; a fresh job per trial; no baseline).",
         ),
     ] = False,
+    compare_parallelism: Annotated[
+        bool,
+        typer.Option(
+            "--compare-parallelism",
+            help="Instead: the job on a local Flink cluster of 1 TaskManager (parallelism 1) against 2 "
+            "TaskManagers (parallelism 2) at --rate, and the throughput ratio (no baseline). Pick a rate "
+            "that saturates parallelism 1.",
+        ),
+    ] = False,
 ) -> None:
     """SDK -> broker -> PyFlink job -> Redis, and the consumer-loop + Feast push baseline, at one rate."""
+    from bench.freshness import compare_parallelism as compare
     from bench.freshness import find_max as find_max_rate
     from bench.freshness import run as run_bench
 
+    if find_max and compare_parallelism:
+        raise fail("--find-max and --compare-parallelism are two benchmarks: run them one at a time")
     log = lambda line: console.print(f"[dim]bench:[/] {line}")  # noqa: E731
-    report = find_max_rate(seconds, seed, log, start_rate=rate) if find_max else run_bench(rate, seconds, seed, log)
+    if compare_parallelism:
+        report = compare(rate, seconds, seed, log)
+    elif find_max:
+        report = find_max_rate(seconds, seed, log, start_rate=rate)
+    else:
+        report = run_bench(rate, seconds, seed, log)
     text = json.dumps(report, indent=2)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
