@@ -202,3 +202,15 @@ def test_probes_of_a_port_held_by_something_that_is_not_http_say_unhealthy() -> 
         assert http_healthy(address, timeout_s=2.0) is False
         assert scrape(address, timeout_s=2.0) is None
         thread.join(timeout=5)
+
+
+def test_up_on_two_task_managers_with_the_second_metrics_port_taken_names_it(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        ports = ["--broker-port", "0", "--redis-port", "0", "--flink-ui-port", "0", "--stream-port", str(taken - 1)]
+        result = runner.invoke(app, ["up", "--state-dir", str(tmp_path), "--task-managers", "2", *ports])
+    assert result.exit_code == 1
+    assert "metrics of TaskManager 1" in result.output and f"127.0.0.1:{taken}" in result.output
+    assert "Traceback" not in result.output
