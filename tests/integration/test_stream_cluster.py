@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,31 +41,39 @@ def cluster_pids(cluster_dir: Path, service: str) -> list[int]:
 
 
 @pytest.fixture
-def cluster_job(
+def cluster_jobs(
     tmp_path: Path, bootstrap: str, redis_server: Component, feast_registry: Path, fresh_topic: str, dlq_topic: str
-) -> Iterator[StreamJob]:
-    job = StreamJob.configured(
-        tmp_path,
-        bootstrap=bootstrap,
-        topic=fresh_topic,
-        dlq_topic=dlq_topic,
-        redis_address=redis_server.address,
-        feast_registry=feast_registry,
-        catalog=tmp_path / "catalog.parquet",
-        lateness_ms=str(LATENESS_MS),
-        checkpoint_interval_ms="1000",
-        task_managers="2",
-        cluster_dir=str(tmp_path / "cluster"),
-    )
-    yield job
-    job.kill(signal.SIGTERM)
+) -> Iterator[Callable[[], StreamJob]]:
+    """`freshrank stream --task-managers 2` jobs sharing checkpoints and cluster dir: one resumes another."""
+    jobs: list[StreamJob] = []
+
+    def make() -> StreamJob:
+        job = StreamJob.configured(
+            tmp_path,
+            bootstrap=bootstrap,
+            topic=fresh_topic,
+            dlq_topic=dlq_topic,
+            redis_address=redis_server.address,
+            feast_registry=feast_registry,
+            catalog=tmp_path / "catalog.parquet",
+            lateness_ms=str(LATENESS_MS),
+            checkpoint_interval_ms="1000",
+            task_managers="2",
+            cluster_dir=str(tmp_path / "cluster"),
+        )
+        jobs.append(job)
+        return job
+
+    yield make
+    for job in jobs:
+        job.kill(signal.SIGTERM)
     for pid in cluster_pids(tmp_path / "cluster", "*"):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
 
 def test_two_task_managers_split_the_partitions_and_the_features_equal_the_replay(
-    cluster_job: StreamJob,
+    cluster_jobs: Callable[[], StreamJob],
     bootstrap: str,
     redis_server: Component,
     feast_registry: Path,
@@ -77,6 +86,7 @@ def test_two_task_managers_split_the_partitions_and_the_features_equal_the_repla
     records = list(encoded(log))
     produce_raw(bootstrap, fresh_topic, records)
 
+    cluster_job = cluster_jobs()
     cluster_job.start(timeout_s=480)
     assert registered_task_managers(cluster_job.dashboard) == 2
     by_user, by_item = expected_features(log, categories, LATENESS_MS)
@@ -109,3 +119,40 @@ def test_two_task_managers_split_the_partitions_and_the_features_equal_the_repla
     output = " ".join(cluster_job.log_path.read_text().split())  # the CLI wraps long lines
     assert "taskmanager-" in output and "exited with code" in output, output[-2000:]
     wait_until(lambda: not any(pid_alive(pid) for pid in [*taskmanagers, *jobmanager]), 60, "the cluster to stop")
+
+
+def test_a_killed_cluster_job_resumes_from_its_checkpoint_losing_nothing_and_counting_nothing_twice(
+    cluster_jobs: Callable[[], StreamJob],
+    bootstrap: str,
+    redis_server: Component,
+    feast_registry: Path,
+    fresh_topic: str,
+    tmp_path: Path,
+) -> None:
+    events, categories, world = world_events(3000, seed=12)
+    write_catalog(world.catalog(), tmp_path / "catalog.parquet")
+    log = with_resends_and_disorder(events, seed=12)
+    produce_raw(bootstrap, fresh_topic, list(encoded(log[: len(log) // 2])))
+
+    first = cluster_jobs()
+    first.start(timeout_s=480)
+    deadline = time.monotonic() + 240
+    while (
+        not list((tmp_path / "checkpoints").glob("*/chk-*/_metadata"))
+        or first.metric('freshrank_stream_events_total{outcome="admitted"}') < len(log) // 8
+    ):
+        assert time.monotonic() < deadline, "no checkpoint / progress before the kill"
+        time.sleep(0.5)
+    produce_raw(bootstrap, fresh_topic, list(encoded(log[len(log) // 2 :])))
+    old = cluster_pids(tmp_path / "cluster", "*")
+    first.kill(signal.SIGKILL)  # `freshrank stream`; its JobManager and TaskManagers get the parent-death signal
+    wait_until(lambda: not any(pid_alive(pid) for pid in old), 60, "the killed job's cluster to go")
+
+    second = cluster_jobs()
+    second.start(timeout_s=480)
+    by_user, by_item = expected_features(log, categories, LATENESS_MS)
+    problems = wait_exact(
+        lambda: mismatches(redis_server.address, feast_registry, by_user, by_item, categories), timeout_s=300
+    )
+    assert problems == [], problems[:20]
+    assert "resuming from" in " ".join((tmp_path / "stream.log").read_text().split())
