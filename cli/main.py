@@ -398,6 +398,11 @@ def stream(
     from streaming.settings import StreamSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if task_managers and parallelism is not None and parallelism != task_managers:
+        raise fail(
+            f"--parallelism {parallelism} with --task-managers {task_managers}: on a local cluster the job runs "
+            "at one parallel instance per TaskManager; pass only --task-managers"
+        )
     overrides: dict[str, int] = {}
     if parallelism is not None:
         overrides["parallelism"] = parallelism

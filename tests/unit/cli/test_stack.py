@@ -214,3 +214,9 @@ def test_up_on_two_task_managers_with_the_second_metrics_port_taken_names_it(tmp
     assert result.exit_code == 1
     assert "metrics of TaskManager 1" in result.output and f"127.0.0.1:{taken}" in result.output
     assert "Traceback" not in result.output
+
+
+def test_stream_refuses_a_parallelism_other_than_its_task_managers() -> None:
+    result = runner.invoke(app, ["stream", "--task-managers", "2", "--parallelism", "3"])
+    assert result.exit_code == 1
+    assert "pass only --task-managers" in " ".join(result.output.split())
