@@ -199,6 +199,11 @@ def run_freshrank(
         "events_per_process": [
             int(one.get('freshrank_stream_events_total{outcome="admitted"}', 0)) for one in per_process
         ],
+        # Kafka partitions each process read (its consumer-lag series): how evenly Flink's key groups split them.
+        "partitions_per_process": [
+            sorted(int(key.split('"')[1]) for key in one if key.startswith("freshrank_stream_consumer_lag{"))
+            for one in per_process
+        ],
     }
 
 
