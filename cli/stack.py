@@ -73,6 +73,7 @@ class StackSettings(BaseSettings):
 # Linux's default when /proc does not say (macOS hands out 49152-65535, above it).
 _EPHEMERAL_DEFAULT = (32768, 60999)
 _FREE_PORTS_FROM = 20000
+_handed_out: set[int] = set()
 
 
 def ephemeral_port_range() -> tuple[int, int]:
@@ -97,7 +98,9 @@ def free_port(host: str = "127.0.0.1") -> int:
     candidates = list(range(_FREE_PORTS_FROM, low))
     random.shuffle(candidates)
     for port in candidates[:200]:
-        if port_bindable(host, port) is None:
+        # Never the same port twice from one process: two picks before either is bound must differ.
+        if port not in _handed_out and port_bindable(host, port) is None:
+            _handed_out.add(port)
             return port
     # No room below the range (a tuned kernel): the kernel's pick, with the race above.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

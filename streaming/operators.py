@@ -18,6 +18,15 @@ offsets, admission gates, aggregates and the schedule of rows still owed
 (see streaming/entities.py). A restore therefore rewinds the reader and
 everything derived from it together. Elements between operators are whole
 batches (a poll's events for one item bucket).
+
+Imports: the operators run in PyFlink's thread mode, where this module is first
+imported inside an operator thread (when Flink unpickles the functions). There a
+pybind11 extension deadlocks its own import: pybind11 takes the GIL with
+PyGILState_Ensure, which finds another thread state for the thread than the one
+pemja runs it with, and waits forever for the GIL the thread already holds (gdb on
+a job stuck in INITIALIZING: scipy's pypocketfft, pulled in by Feast's dask offline
+store). So nothing the operators import may load one; tests/unit/streaming/
+test_operator_imports.py checks it.
 """
 
 from __future__ import annotations
@@ -31,11 +40,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-# Imported with this module, before any operator's open(): the sink's Feast config loads its
-# dask offline store lazily, and an import inside one operator thread while another thread was
-# in pyarrow left the sink stuck in open() (py-spy). All operators share one interpreter here.
-import feast.infra.offline_stores.dask  # noqa: F401
-import feast.infra.online_stores.redis  # noqa: F401
 from confluent_kafka import Consumer, KafkaError, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient
 from pyflink.common import Types

@@ -94,7 +94,10 @@ class StreamJob:
         deadline = time.monotonic() + timeout_s
         while not metrics_healthy(self.metrics_addresses):
             assert self.process.poll() is None, f"stream job exited: {self.log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, "stream job did not start"
+            if time.monotonic() > deadline:
+                # Killed here: a job left running would outlive the test and fail a later one.
+                self.kill()
+                raise AssertionError(f"stream job did not start in {timeout_s:.0f} s; its Flink log: {self.log_path}")
             time.sleep(0.5)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
