@@ -35,6 +35,7 @@ from cli.stack import (
     StackSettings,
     broker_component,
     free_port,
+    free_ports,
     redis_component,
     running,
     scrape,
@@ -142,7 +143,7 @@ def run_freshrank(
     """The job against `rate` events/s for `seconds`: in a mini-cluster, or (task_managers >= 1) on a local
     standalone cluster of that many TaskManagers at parallelism task_managers."""
     create_topic(broker.address, topic)
-    metrics_port = free_port()
+    metrics_port = free_ports(max(1, task_managers))  # TaskManager i serves /metrics on metrics_port + i
     job = stream_component(settings, broker, redis, metrics_port, task_managers=task_managers)
     addresses = job.metrics or [job.address]
     catalog = settings.state_dir / "catalog.parquet"

@@ -50,11 +50,20 @@ class ClusterError(StackError):
 
 def plan_cluster(settings: StreamSettings, host: str = "127.0.0.1") -> ClusterPlan:
     """Ports and directories of the cluster for `settings`; ClusterError if a TaskManager's metrics port is taken."""
+    # The TaskManagers bind their metrics ports only once the job runs: the JobManager's must not be among them.
+    metrics = {settings.metrics_port + index for index in range(settings.task_managers)}
+
+    def other_port() -> int:
+        port = free_port(host)
+        while port in metrics:
+            port = free_port(host)
+        return port
+
     plan = ClusterPlan(
         task_managers=settings.task_managers,
         host=host,
-        rest_port=settings.flink_ui_port or free_port(host),
-        rpc_port=free_port(host),
+        rest_port=settings.flink_ui_port or other_port(),
+        rpc_port=other_port(),
         metrics_port=settings.metrics_port,
         work_dir=settings.cluster_dir.resolve(),
         log_dir=settings.flink_log_dir.resolve(),

@@ -108,6 +108,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive free ports (see `free_port`), none handed out before; all are marked taken.
+
+    For a stream job on a local cluster: TaskManager i serves /metrics on the first port + i.
+    """
+    if count <= 1:
+        return free_port(host)
+    low, _ = ephemeral_port_range()
+    starts = list(range(_FREE_PORTS_FROM, low - count))
+    random.shuffle(starts)
+    for start in starts[:200]:
+        block = range(start, start + count)
+        if all(port not in _handed_out and port_bindable(host, port) is None for port in block):
+            _handed_out.update(block)
+            return start
+    raise StackError(f"found no {count} consecutive free ports below {low} on {host}")
+
+
 def port_bindable(host: str, port: int) -> OSError | None:
     """None if a server could listen on host:port now, else the bind error.
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from cli.stack import free_port, metrics_healthy, scrape_all
+from cli.stack import free_port, free_ports, metrics_healthy, scrape_all
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
 from feature_repo.store import open_store
 from features.admission import admitted_events
@@ -59,7 +59,8 @@ class StreamJob:
 
         `settings` adds more variables: `lateness_ms="500"` sets FRESHRANK_STREAM_LATENESS_MS.
         """
-        port, ui_port = free_port(), free_port()
+        # On a local cluster TaskManager i serves /metrics on port + i: keep the whole block free.
+        port, ui_port = free_ports(max(1, int(settings.get("task_managers", "0")))), free_port()
         env = {
             "FRESHRANK_STREAM_BOOTSTRAP_SERVERS": bootstrap,
             "FRESHRANK_STREAM_TOPIC": topic,

@@ -22,6 +22,7 @@ from cli.stack import (
     flink_detail,
     flink_problems,
     free_port,
+    free_ports,
     group_members,
     http_healthy,
     java_version,
@@ -223,3 +224,10 @@ def test_stream_refuses_a_parallelism_other_than_its_task_managers() -> None:
     result = runner.invoke(app, ["stream", "--task-managers", "2", "--parallelism", "3"])
     assert result.exit_code == 1
     assert "pass only --task-managers" in " ".join(result.output.split())
+
+
+def test_a_block_of_free_ports_is_consecutive_bindable_and_never_handed_out_again() -> None:
+    start = free_ports(3)
+    block = {start, start + 1, start + 2}
+    assert all(port_bindable("127.0.0.1", port) is None for port in block)
+    assert not block & {free_port() for _ in range(50)}
