@@ -95,9 +95,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     `!xn`. The kernel never hands out ports below the range on its own.
     """
     low, _ = ephemeral_port_range()
-    candidates = list(range(_FREE_PORTS_FROM, low))
-    random.shuffle(candidates)
-    for port in candidates[:200]:
+    below = range(_FREE_PORTS_FROM, max(_FREE_PORTS_FROM, low))
+    for port in random.sample(below, k=min(200, len(below))):
         # Never the same port twice from one process: two picks before either is bound must differ.
         if port not in _handed_out and port_bindable(host, port) is None:
             _handed_out.add(port)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -173,3 +174,10 @@ class AppClient:
     def wait(self, seconds: float) -> None:
         """Let background tasks run for a while."""
         self._loop.run_until_complete(asyncio.sleep(seconds))
+
+    def wait_for(self, condition: Callable[[], bool], timeout_s: float = 30.0, what: str = "condition") -> None:
+        """Let background tasks run until `condition()` holds; AssertionError after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, f"{what} did not hold within {timeout_s:.0f} s"
+            self.wait(0.05)

@@ -278,7 +278,11 @@ def test_a_corrupt_model_is_refused_and_the_old_model_keeps_serving(
     registry = tmp_path / "models"
     shutil.copytree(model_registry, registry)
     good = registry / "ranker" / "1"
-    with AppClient(create_app(settings_for(redis_server.address, registry, world, model_poll_s=0.2))) as client:
+    # A frozen clock: features age with time (windows, recency), and the scores compared below
+    # must differ only if the model does; the watcher polls on its own timer, not this clock.
+    now = wall_clock_ms()
+    settings = settings_for(redis_server.address, registry, world, model_poll_s=0.2)
+    with AppClient(create_app(settings, clock_ms=lambda: now)) as client:
         rank = {"user_id": world.users[0], "candidates": world.items[:30], "k": 5}
         before = client.post("/v1/rank", json=rank).json()
         assert before["model"]["version"] == 1
@@ -289,24 +293,22 @@ def test_a_corrupt_model_is_refused_and_the_old_model_keeps_serving(
         (broken / "metadata.json").write_text(
             (good / "metadata.json").read_text().replace('"version": 1', '"version": 2')
         )
-        client.wait(1.0)  # the watcher sees it and refuses it
-        status = client.get("/v1/admin/models", headers=ADMIN).json()
-        assert status["serving_version"] == 1 and "2" in status["refused"]
+        # The watcher sees it and refuses it.
+        client.wait_for(lambda: "2" in client.get("/v1/admin/models", headers=ADMIN).json()["refused"], what="refusal")
+        assert client.get("/v1/admin/models", headers=ADMIN).json()["serving_version"] == 1
         # Even the serving version's file corrupted in place: the validated session keeps answering.
         (good / "model.onnx").write_bytes(b"\x00" * 64)
-        client.wait(1.0)
+        refused_twice = 'freshrank_serve_model_loads_total{outcome="refused"} 2.0'
+        client.wait_for(lambda: refused_twice in client.get("/metrics").text, what="second refusal")
         after = client.post("/v1/rank", json=rank).json()
         assert after["model"]["version"] == 1 and after["items"] == before["items"] and after["degraded"] == []
-        metrics = client.get("/metrics").text
-        assert 'freshrank_serve_model_loads_total{outcome="refused"} 2.0' in metrics
 
         fixed = registry / "ranker" / "3"
         shutil.copytree(model_registry / "ranker" / "1", fixed)
         (fixed / "metadata.json").write_text(
             (fixed / "metadata.json").read_text().replace('"version": 1', '"version": 3')
         )
-        client.wait(1.0)
-        assert client.post("/v1/rank", json=rank).json()["model"]["version"] == 3
+        client.wait_for(lambda: client.post("/v1/rank", json=rank).json()["model"]["version"] == 3, what="version 3")
 
 
 def test_freshrank_serve_runs_as_a_process(

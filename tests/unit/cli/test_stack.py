@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from cli.stack import (
     stop_group,
     stream_component,
 )
+from tests.py4j_like_server import py4j_like_server
 
 runner = CliRunner()
 
@@ -189,23 +189,9 @@ def test_status_text_names_the_last_checkpoint_and_its_age() -> None:
 
 def test_probes_of_a_port_held_by_something_that_is_not_http_say_unhealthy() -> None:
     # CI saw PyFlink's py4j gateway on a component's port; a probe must not crash the supervisor.
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-
-        def answer_like_py4j() -> None:
-            for _ in range(2):
-                connection, _ = server.accept()
-                with connection:
-                    connection.recv(4096)
-                    connection.sendall(b"!xn\n")
-
-        thread = threading.Thread(target=answer_like_py4j, daemon=True)
-        thread.start()
-        address = f"127.0.0.1:{server.getsockname()[1]}"
+    with py4j_like_server(connections=2) as address:
         assert http_healthy(address, timeout_s=2.0) is False
         assert scrape(address, timeout_s=2.0) is None
-        thread.join(timeout=5)
 
 
 def test_up_on_two_task_managers_with_the_second_metrics_port_taken_names_it(tmp_path: Path) -> None:
