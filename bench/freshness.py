@@ -129,6 +129,22 @@ def cpu_seconds(pid: int | None) -> float:
         return 0.0
 
 
+def machine_busy_cores(before: Any, after: Any) -> float:
+    """Cores busy on average between two `psutil.cpu_times()` samples (every process, not just the job's)."""
+
+    def spent(times: Any) -> tuple[float, float]:
+        fields = times._asdict()
+        # Linux counts guest time inside user and nice already.
+        total = sum(fields.values()) - fields.get("guest", 0.0) - fields.get("guest_nice", 0.0)
+        return fields["idle"] + fields.get("iowait", 0.0), total
+
+    idle_before, total_before = spent(before)
+    idle_after, total_after = spent(after)
+    idle, total = idle_after - idle_before, total_after - total_before
+    cores = os.cpu_count() or 1
+    return cores * (1.0 - idle / total) if total > 0 else 0.0
+
+
 def run_freshrank(
     settings: StackSettings,
     broker: Any,
@@ -170,10 +186,12 @@ def run_freshrank(
         log(f"freshrank: publishing {rate:.0f} events/s for {seconds:.0f} s")
         job_pid = job.process.pid if job.process is not None else None
         cpu_before = cpu_seconds(job_pid)
+        machine_before = psutil.cpu_times()
         sent, started = publish(broker.address, topic, rate, seconds, seed)
         wait_until(lambda: admitted() >= sent + warm_up, timeout_s=max(120.0, seconds * 10))
         caught_up = time.monotonic()
         job_cpu = cpu_seconds(job_pid) - cpu_before
+        machine_busy = machine_busy_cores(machine_before, psutil.cpu_times())
         time.sleep(2.5)  # the last coalesced rows, and a publish of the freshness gauges (once a second)
         # Summed over the TaskManagers; the freshness quantiles are the worst TaskManager's (see scrape_all).
         series = scrape_all(addresses) or {}
@@ -195,6 +213,10 @@ def run_freshrank(
         # CPU of the job's processes (client and JVM with its embedded Python) from the first publish to caught up.
         "cpu_s": round(job_cpu, 1),
         "cpu_us_per_event": round(1e6 * job_cpu / max(applied, 1), 1),
+        # Cores in use by every process (broker, Redis, publisher, job, anything else) over the same span:
+        # near the machine's count, the machine and not the job was the bound.
+        "machine_busy_cores": round(machine_busy, 2),
+        "job_cores": round(job_cpu / max(caught_up - started, 1e-9), 2),
         "task_managers": task_managers,
         # Events each process admitted (one per TaskManager; the mini-cluster is one), warm-up included.
         "events_per_process": [
