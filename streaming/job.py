@@ -2,7 +2,9 @@
 
 `run(settings)` starts a local mini-cluster in this process (thread mode),
 resuming from the newest retained checkpoint under `checkpoint_dir` if there is
-one. In production the same `build()` runs on a Flink cluster.
+one. In production, and locally with `freshrank stream --task-managers N`
+(streaming/cluster.py), the same `build()` runs on a Flink cluster from
+`streaming.job_main`.
 """
 
 from __future__ import annotations
