@@ -52,7 +52,7 @@ class StreamSettings(BaseSettings):
         description="Config, pid and temporary files of the local standalone cluster (task_managers >= 1).",
     )
     ticks_per_second: int = Field(
-        50, gt=0, description="Rate of the tick source; each tick polls every partition once (adds up to 1/rate s)."
+        20, gt=0, description="Rate of the tick source; each tick polls every partition once (adds up to 1/rate s)."
     )
     max_records_per_poll: int = Field(2000, gt=0, description="Records one tick reads from one partition, at most.")
     item_buckets: int = Field(
