@@ -292,7 +292,10 @@ def validate(view: ViewDraft, topic: str) -> DeclaredView | list[Refusal]:
                 f"{view.message_format}; events are Avro in Confluent wire format: use AvroFormat",
             )
         )
-    for what, value in (("source.timestamp_field", view.source_timestamp_field), ("timestamp_field", view.timestamp_field)):
+    for what, value in (
+        ("source.timestamp_field", view.source_timestamp_field),
+        ("timestamp_field", view.timestamp_field),
+    ):
         if value != TIMESTAMP_COLUMN:
             refusals.append(
                 Refusal(name, what, f"{value!r}; windows are in event time: set it to {TIMESTAMP_COLUMN!r}")
@@ -300,7 +303,9 @@ def validate(view: ViewDraft, topic: str) -> DeclaredView | list[Refusal]:
     entity_key = ""
     if len(view.join_keys) != 1:
         refusals.append(
-            Refusal(name, "entities", f"{len(view.join_keys)} entities; declare exactly one, keyed by user_id or item_id")
+            Refusal(
+                name, "entities", f"{len(view.join_keys)} entities; declare exactly one, keyed by user_id or item_id"
+            )
         )
     else:
         entity_key, value_type = view.join_keys[0]
@@ -480,7 +485,9 @@ class WindowedAggregation:
         if function == "count_distinct":
             distinct: set[str] = set()
             for j in live:
-                distinct.update(buckets[j])
+                cell = buckets[j]
+                assert isinstance(cell, dict)
+                distinct.update(cell)
             return len(distinct)
         values = [cell[0] for j in live if isinstance(cell := buckets[j], list)]
         if not values:

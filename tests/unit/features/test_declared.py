@@ -52,9 +52,7 @@ ALL_SPECS = tuple(_spec(f, w) for f in FUNCTIONS for w in WINDOWS) + (
 VIEW = DeclaredView("v", "user_id", ALL_SPECS)
 
 
-def reference(
-    view: DeclaredView, events: Sequence[InteractionEvent], as_of_ms: int
-) -> dict[str, FeatureValue | None]:
+def reference(view: DeclaredView, events: Sequence[InteractionEvent], as_of_ms: int) -> dict[str, FeatureValue | None]:
     """The definition, computed the slow way: filter, then each window's events as of max(as_of, newest)."""
     kept = [e for e in events if view.admits(e)]
     newest = max(e.event_time_ms for e in kept)
@@ -63,9 +61,7 @@ def reference(
     for spec in view.aggregations:
         b, n = spec.window.bucket_ms, spec.window.n_buckets
         values = [
-            v
-            for e in kept
-            if e.event_time_ms // b > t // b - n and (v := column_value(e, spec.column)) is not None
+            v for e in kept if e.event_time_ms // b > t // b - n and (v := column_value(e, spec.column)) is not None
         ]
         numbers = [int(v) for v in values if isinstance(v, int)]
         result: FeatureValue | None
