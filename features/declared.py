@@ -62,6 +62,7 @@ MAX_WINDOW_MS: Final = DAY_MS
 MIN_BUCKET_MS: Final = SECOND_MS
 MAX_BUCKETS: Final = 1440
 TIMESTAMP_COLUMN: Final = "event_time"
+AS_OF_FIELD: Final = "as_of_ms"  # feature_repo.definitions.AS_OF_FIELD: every row says as of when it holds
 
 ColumnKind = Literal["string", "int", "timestamp"]
 _NUMERIC_FUNCTIONS: Final = frozenset({"sum", "mean", "max", "min"})
@@ -352,6 +353,18 @@ def validate(view: ViewDraft, topic: str) -> DeclaredView | list[Refusal]:
             refusals += spec
         else:
             specs.append(spec)
+    outputs = {agg.name for agg in view.aggregations} | {AS_OF_FIELD}
+    for extra in sorted(set(view.schema) - outputs):
+        refusals.append(
+            Refusal(
+                name,
+                f"schema field {extra}",
+                f"no aggregation produces it, so nothing would ever write it; the job writes the aggregations' "
+                f"outputs and {AS_OF_FIELD!r} (the time the values hold as of)",
+            )
+        )
+    if AS_OF_FIELD in view.schema and view.schema[AS_OF_FIELD] != "Int64":
+        refusals.append(Refusal(name, f"schema field {AS_OF_FIELD}", "must be Int64 (epoch milliseconds)"))
     if refusals:
         return refusals
     return DeclaredView(name, entity_key, tuple(specs), event_types)

@@ -1,4 +1,4 @@
-"""Declared views in the stream job's per-poll logic: rows equal the pure replay, through resends, disorder and a restore."""
+"""Declared views in the per-poll logic: rows equal the pure replay, through resends, disorder and a restore."""
 
 from __future__ import annotations
 
