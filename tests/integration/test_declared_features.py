@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -218,3 +220,48 @@ def test_a_view_the_job_cannot_run_stops_it_at_start_with_view_field_and_reason(
     )
     assert done.returncode == 1
     assert "unknown function 'median'" in done.stdout + done.stderr
+
+
+def test_declared_state_survives_a_sigkill_and_a_changed_view_keeps_what_it_can(
+    tmp_path: Path, job: StreamJob, bootstrap: str, redis_server: Component, fresh_topic: str
+) -> None:
+    repo = user_repo(tmp_path, fresh_topic, VIEWS)
+    registry = tmp_path / "registry.db"
+    feast_apply(repo, redis_server.address, registry)
+    views, _ = validate_all(drafts_from_registry(open_store(redis_server.address, registry)), fresh_topic)
+    events, categories, world = world_events(3000, seed=13)
+    write_catalog(world.catalog(), tmp_path / "catalog.parquet")
+    log = with_resends_and_disorder(events, seed=13)
+    produce_raw(bootstrap, fresh_topic, list(encoded(log[: len(log) // 2])))
+    job.start()
+    deadline = time.monotonic() + 180
+    while (
+        not list((tmp_path / "checkpoints").glob("*/chk-*/_metadata"))
+        or job.metric('freshrank_stream_events_total{outcome="admitted"}') < len(log) // 8
+    ):
+        assert time.monotonic() < deadline, "no checkpoint / progress before the kill"
+        time.sleep(0.5)
+    produce_raw(bootstrap, fresh_topic, list(encoded(log[len(log) // 2 :])))
+    job.kill(signal.SIGKILL)
+
+    # The team adds an aggregation to user_watch and applies again before the job comes back.
+    changed = VIEWS.replace(
+        '        Field(name="as_of_ms", dtype=Int64),\n    ],\n    aggregations=[\n',
+        '        Field(name="as_of_ms", dtype=Int64),\n        Field(name="max_watch_ms_600s", dtype=Int64),\n'
+        '    ],\n    aggregations=[\n        Aggregation(column="watch_ms", function="max", '
+        "time_window=timedelta(minutes=10), slide_interval=timedelta(seconds=10)),\n",
+        1,
+    )
+    assert changed != VIEWS
+    (repo / "team_features.py").write_text(changed.format(topic=fresh_topic))
+    feast_apply(repo, redis_server.address, registry)
+    job.start()
+    by_user, by_item = expected_features(log, categories, LATENESS_MS)
+    groups = {"user_id": dict(by_user), "item_id": dict(by_item)}
+    # The aggregations that did not change are exact over both halves: their state was restored.
+    problems = wait_exact(lambda: declared_mismatches(redis_server.address, registry, views, groups), timeout_s=240)
+    assert problems == [], problems[:20]
+    flink_log = job.flink_log()
+    assert "declared view user_watch changed since its state was saved" in flink_log
+    assert "new and warming up ['max_watch_ms_600s']" in flink_log
+    assert "resuming from" in job.log_path.read_text()
