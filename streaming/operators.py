@@ -707,8 +707,13 @@ def declared_tables(
         return None
     tables = DeclaredTables(views, stores[0], stores[1], settings.flush_interval_ms, clock)
     for change in tables.changes:
-        log.warning("%s", change)
+        if change not in _CHANGES_LOGGED:  # every Flink key finds the same change: say it once
+            _CHANGES_LOGGED.add(change)
+            log.warning("%s", change)
     return tables
+
+
+_CHANGES_LOGGED: set[str] = set()
 
 
 # --- writing -------------------------------------------------------------------
