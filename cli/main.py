@@ -407,13 +407,27 @@ def bench_freshness(
             "(doubling from --rate, then bisection; a fresh job per trial; no baseline).",
         ),
     ] = False,
+    declared: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Also declare this many stream feature view aggregations (Feast objects, every function, "
+            "three windows; half per user, half per item) for the job to compute beside the built-ins.",
+        ),
+    ] = 0,
 ) -> None:
     """SDK -> broker -> PyFlink job -> Redis, and the consumer-loop + Feast push baseline, at one rate."""
     from bench.freshness import find_max as find_max_rate
     from bench.freshness import run as run_bench
 
     log = lambda line: console.print(f"[dim]bench:[/] {line}")  # noqa: E731
-    report = find_max_rate(seconds, seed, log, start_rate=rate) if find_max else run_bench(rate, seconds, seed, log)
+    if find_max and declared:
+        raise fail("--declared is measured at one rate; drop --find-max", code=2)
+    report = (
+        find_max_rate(seconds, seed, log, start_rate=rate)
+        if find_max
+        else run_bench(rate, seconds, seed, log, declared=declared)
+    )
     text = json.dumps(report, indent=2)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -361,20 +361,26 @@ def flink_problems(flink: dict[str, Any] | None) -> list[str]:
 
 
 def stream_component(
-    settings: StackSettings, broker: Component, redis: Component, metrics_port: int, ui_port: int | None = None
+    settings: StackSettings,
+    broker: Component,
+    redis: Component,
+    metrics_port: int,
+    ui_port: int | None = None,
+    feature_repo: Path | None = None,
 ) -> Component:
     """The PyFlink job in a local mini-cluster; healthy once its operators serve /metrics.
 
     With `ui_port` it serves the Flink dashboard there; without, Flink binds a random port
     that nothing announces (never the default 8081, which a running `freshrank up` may hold).
+    `feature_repo`: the Feast repo `feast apply` runs on before each start (default: freshrank's own).
     """
     registry = (settings.state_dir / "feast" / "registry.db").resolve()
     address = f"{settings.host}:{metrics_port}"
 
     def apply_feast() -> None:
-        from feature_repo.store import apply
+        from feature_repo.store import REPO_PATH, apply
 
-        apply(redis.address, registry)
+        apply(redis.address, registry, repo=feature_repo or REPO_PATH)
 
     return Component(
         name="stream",
