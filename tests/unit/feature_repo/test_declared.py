@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -14,7 +15,7 @@ from feast.data_format import AvroFormat, JsonFormat
 from feast.types import Float64, Int64
 from feast.value_type import ValueType
 
-from feature_repo.declared import check, draft_of
+from feature_repo.declared import check, draft_of, load_declared
 from features.declared import DeclaredView
 
 USER = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
@@ -85,3 +86,8 @@ def _only_clicks(df: pd.DataFrame) -> pd.DataFrame:
 def test_what_the_job_cannot_run_is_refused_from_real_feast_objects(changes: dict[str, Any], field: str) -> None:
     accepted, refused = check([draft_of(view(**changes), ENTITIES)], "interactions")
     assert accepted == [] and [r.field for r in refused] == [field], refused
+
+
+def test_no_registry_yet_means_no_declared_views(tmp_path: Path) -> None:
+    # `freshrank stream` before any `feast apply`: the built-ins run, nothing is refused.
+    assert load_declared("127.0.0.1:1", tmp_path / "missing" / "registry.db", "interactions") == ([], [])
