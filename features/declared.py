@@ -85,7 +85,9 @@ def _event_columns() -> dict[str, ColumnKind]:
 
 
 EVENT_COLUMNS: Final = _event_columns()
-EVENT_TYPES: Final = frozenset(json.loads(_SCHEMA_FILE.read_text())["fields"][3]["type"]["symbols"])
+EVENT_TYPES: Final = frozenset(
+    next(f for f in json.loads(_SCHEMA_FILE.read_text())["fields"] if f["name"] == "event_type")["type"]["symbols"]
+)
 
 
 def column_value(event: InteractionEvent, column: str) -> int | str | None:

@@ -61,7 +61,7 @@ interactions = KafkaSource(
 )
 
 user_watch = StreamFeatureView(
-    name="user_watch",
+    name="user_watch{suffix}",
     entities=[user],
     source=interactions,
     timestamp_field="event_time",
@@ -86,7 +86,7 @@ user_watch = StreamFeatureView(
 )
 
 item_clickers = StreamFeatureView(
-    name="item_clickers",
+    name="item_clickers{suffix}",
     entities=[item],
     source=interactions,
     timestamp_field="event_time",
@@ -101,11 +101,14 @@ item_clickers = StreamFeatureView(
 """
 
 
-def user_repo(tmp_path: Path, topic: str, views: str) -> Path:
-    """A copy of freshrank's feature repo with the user's file added, as a team would keep it."""
+def user_repo(tmp_path: Path, topic: str, views: str, suffix: str = "") -> Path:
+    """A copy of freshrank's feature repo with the user's file added, as a team would keep it.
+
+    `suffix` names the views apart from other tests' (Redis is shared by the session; a row another
+    test wrote for the same item would look like one this test's job wrote)."""
     repo = tmp_path / "repo"
     shutil.copytree(REPO_PATH, repo, ignore=shutil.ignore_patterns("__pycache__", "data"))
-    (repo / "team_features.py").write_text(views.format(topic=topic))
+    (repo / "team_features.py").write_text(views.format(topic=topic, suffix=suffix))
     return repo
 
 
@@ -225,7 +228,7 @@ def test_a_view_the_job_cannot_run_stops_it_at_start_with_view_field_and_reason(
 def test_declared_state_survives_a_sigkill_and_a_changed_view_keeps_what_it_can(
     tmp_path: Path, job: StreamJob, bootstrap: str, redis_server: Component, fresh_topic: str
 ) -> None:
-    repo = user_repo(tmp_path, fresh_topic, VIEWS)
+    repo = user_repo(tmp_path, fresh_topic, VIEWS, suffix="_restored")
     registry = tmp_path / "registry.db"
     feast_apply(repo, redis_server.address, registry)
     views, _ = validate_all(drafts_from_registry(open_store(redis_server.address, registry)), fresh_topic)
@@ -253,7 +256,7 @@ def test_declared_state_survives_a_sigkill_and_a_changed_view_keeps_what_it_can(
         1,
     )
     assert changed != VIEWS
-    (repo / "team_features.py").write_text(changed.format(topic=fresh_topic))
+    (repo / "team_features.py").write_text(changed.format(topic=fresh_topic, suffix="_restored"))
     feast_apply(repo, redis_server.address, registry)
     job.start()
     by_user, by_item = expected_features(log, categories, LATENESS_MS)
@@ -262,6 +265,6 @@ def test_declared_state_survives_a_sigkill_and_a_changed_view_keeps_what_it_can(
     problems = wait_exact(lambda: declared_mismatches(redis_server.address, registry, views, groups), timeout_s=240)
     assert problems == [], problems[:20]
     flink_log = job.flink_log()
-    assert "declared view user_watch changed since its state was saved" in flink_log
+    assert "declared view user_watch_restored changed since its state was saved" in flink_log
     assert "new and warming up ['max_watch_ms_600s']" in flink_log
     assert "resuming from" in job.log_path.read_text()
