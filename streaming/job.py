@@ -2,7 +2,9 @@
 
 `run(settings)` starts a local mini-cluster in this process (thread mode),
 resuming from the newest retained checkpoint under `checkpoint_dir` if there is
-one. In production the same `build()` runs on a Flink cluster.
+one. In production, and locally with `freshrank stream --task-managers N`
+(streaming/cluster.py), the same `build()` runs on a Flink cluster from
+`streaming.job_main`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-from pyflink.common import Configuration, Types
+from pyflink.common import Configuration, Types, WatermarkStrategy
 from pyflink.datastream import StreamExecutionEnvironment
-from pyflink.table import StreamTableEnvironment
+from pyflink.datastream.connectors.number_seq import NumberSequenceSource
 
 from features.declared import DeclaredView
 from streaming.errors import DeclaredViewsRefused
@@ -22,6 +24,7 @@ from streaming.flink_rest import JOB_NAME as JOB_NAME
 from streaming.operators import (
     ITEM_EVENTS,
     ItemFeaturesByBucket,
+    Metronome,
     PartitionFanOut,
     UserFeaturesByPartition,
 )
@@ -90,13 +93,15 @@ def build(env: StreamExecutionEnvironment, settings: StreamSettings, declared: t
     """Add the job's operators to `env`; see streaming/operators.py for each step. `declared`: the Feast
     stream feature views to compute beside the built-ins (`load_declared_views`)."""
     env.set_buffer_timeout(settings.buffer_timeout_ms)
-    tables = StreamTableEnvironment.create(env)
-    tables.execute_sql(
-        "CREATE TEMPORARY TABLE freshrank_ticks (n BIGINT) WITH ("
-        f"'connector' = 'datagen', 'rows-per-second' = '{settings.ticks_per_second}', "
-        "'fields.n.kind' = 'random')"
+    # Ticks, evenly spaced: Flink's datagen source emits each second's rows at once and then
+    # sleeps, which held every event up to a second before it was read (the ~1 s freshness floor).
+    ticks = (
+        env.from_source(NumberSequenceSource(0, 2**62), WatermarkStrategy.no_watermarks(), "ticks")
+        .uid("ticks")
+        .map(Metronome(settings.ticks_per_second), output_type=Types.LONG())
+        .name("metronome")
+        .uid("metronome")
     )
-    ticks = tables.to_data_stream(tables.from_path("freshrank_ticks"))
     # (partition, partition count, topic id), from one keyed instance that holds the job's layout.
     polls = (
         ticks.key_by(lambda _tick: 0, key_type=Types.INT())

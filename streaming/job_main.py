@@ -4,7 +4,9 @@ Only builds the graph and submits it. Checkpoint storage, interval and mode,
 restore paths, parallelism and the Python executable come from the cluster's
 Flink configuration (the FlinkDeployment), never from here: setting them in
 code would override a savepoint restore. Locally, `freshrank stream` calls
-`streaming.job.run` instead, which sets them for a mini-cluster.
+`streaming.job.run` instead, which sets them for a mini-cluster; with
+`--task-managers N` it submits this module to a local standalone cluster whose
+config sets them (streaming/cluster.py).
 """
 
 from __future__ import annotations

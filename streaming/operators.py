@@ -1,7 +1,7 @@
 """The Flink functions of the stream job: thin wrappers around `features/` and the I/O edges.
 
 Follow an event through this file top to bottom:
-PartitionFanOut (one poll request per partition per tick) ->
+Metronome (ticks, evenly spaced) -> PartitionFanOut (one poll request per partition per tick) ->
 UserFeaturesByPartition (keyed by partition: read with KafkaPartitionReader,
 decode, validate -> DLQ; admission: dedup + lateness -> DLQ; user features) ->
 ItemFeaturesByBucket (keyed by item bucket: item features) ->
@@ -44,7 +44,7 @@ from confluent_kafka import Consumer, KafkaError, TopicCollection, TopicPartitio
 from confluent_kafka.admin import AdminClient
 from pyflink.common import Types
 from pyflink.datastream import OutputTag
-from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
+from pyflink.datastream.functions import KeyedProcessFunction, MapFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from feature_repo.definitions import ITEM_VIEW, USER_VIEW
@@ -134,6 +134,27 @@ class TableTimers:
 
 
 # --- reading and user features ---------------------------------------------------
+
+
+class Metronome(MapFunction):  # type: ignore[misc]
+    """Passes one tick per `1 / per_second` s, evenly, by sleeping in the source's own task.
+
+    Chained to the tick source, so ticks wait here, not in a network buffer: a checkpoint
+    barrier is never queued behind more than one tick. When it falls behind (a long GC,
+    a busy machine) it does not catch up in a burst.
+    """
+
+    def __init__(self, per_second: float) -> None:
+        self.interval_s = 1.0 / per_second
+        self._next = 0.0
+
+    def map(self, value: int) -> int:
+        now = time.monotonic()
+        if self._next > now:
+            time.sleep(self._next - now)
+            now = self._next
+        self._next = now + self.interval_s
+        return value
 
 
 class PartitionFanOut(KeyedProcessFunction):  # type: ignore[misc]
