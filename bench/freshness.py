@@ -18,6 +18,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -129,6 +130,61 @@ def cpu_seconds(pid: int | None) -> float:
         return 0.0
 
 
+_DECLARED_FORMS = (
+    ("watch_ms", "sum"),
+    ("item_id", "count"),
+    ("watch_ms", "mean"),
+    ("position", "max"),
+    ("item_id", "count_distinct"),
+    ("position", "min"),
+)
+_DECLARED_WINDOWS = ((600, 10), (3600, 60), (300, 5))  # (time_window, slide_interval) in seconds
+
+
+def declared_repo(directory: Path, topic: str, aggregations: int) -> Path:
+    """A copy of freshrank's Feast repo plus `aggregations` declared aggregations over `topic`, split
+    between a user view and an item view, cycling through every function and three windows."""
+    from feature_repo.store import REPO_PATH
+
+    repo = directory / "feature_repo"
+    shutil.copytree(REPO_PATH, repo, ignore=shutil.ignore_patterns("__pycache__", "data"))
+    views: dict[str, list[str]] = {"user": [], "item": []}
+    for n in range(aggregations):
+        column, function = _DECLARED_FORMS[n % len(_DECLARED_FORMS)]
+        window, slide = _DECLARED_WINDOWS[n % len(_DECLARED_WINDOWS)]
+        views["user" if n % 2 == 0 else "item"].append(
+            f"    Aggregation(column={column!r}, function={function!r}, time_window=timedelta(seconds={window}), "
+            f"slide_interval=timedelta(seconds={slide}), name='bench_{n}'),"
+        )
+    lines = [
+        "from datetime import timedelta",
+        "from feast import Field, FileSource, KafkaSource, StreamFeatureView",
+        "from feast.aggregation import Aggregation",
+        "from feast.data_format import AvroFormat",
+        "from feast.types import Float64, Int64",
+        "from definitions import item, user",
+        f"source = KafkaSource(name='bench_stream', kafka_bootstrap_servers='127.0.0.1:9092', topic={topic!r},",
+        "    timestamp_field='event_time', message_format=AvroFormat(schema_json=''),",
+        "    batch_source=FileSource(name='bench_log', path='data/bench.parquet', timestamp_field='event_time'))",
+    ]
+    for entity, aggs in views.items():
+        if not aggs:
+            continue
+        names = [line.split("name='")[1].split("'")[0] for line in aggs]
+        dtypes = ["Float64" if "'mean'" in line else "Int64" for line in aggs]
+        schema = ", ".join(f"Field(name={n!r}, dtype={d})" for n, d in zip(names, dtypes, strict=True))
+        lines += [
+            f"bench_{entity}_declared = StreamFeatureView(name='bench_{entity}_declared', entities=[{entity}],",
+            "    source=source, timestamp_field='event_time', ttl=timedelta(days=1),",
+            f"    schema=[{schema}],",
+            "    aggregations=[",
+            *aggs,
+            "    ])",
+        ]
+    (repo / "bench_declared.py").write_text("\n".join(lines) + "\n")
+    return repo
+
+
 def machine_busy_cores(before: Any, after: Any) -> float:
     """Cores busy on average between two `psutil.cpu_times()` samples (every process, not just the job's)."""
 
@@ -155,12 +211,14 @@ def run_freshrank(
     log: Callable[[str], None],
     topic: str = "bench-freshrank",
     task_managers: int = 0,
+    declared: int = 0,
 ) -> dict[str, Any]:
     """The job against `rate` events/s for `seconds`: in a mini-cluster, or (task_managers >= 1) on a local
     standalone cluster of that many TaskManagers at parallelism task_managers."""
     create_topic(broker.address, topic)
     metrics_port = free_ports(max(1, task_managers))  # TaskManager i serves /metrics on metrics_port + i
-    job = stream_component(settings, broker, redis, metrics_port, task_managers=task_managers)
+    repo = declared_repo(settings.state_dir, topic, declared) if declared else None
+    job = stream_component(settings, broker, redis, metrics_port, task_managers=task_managers, feature_repo=repo)
     addresses = job.metrics or [job.address]
     catalog = settings.state_dir / "catalog.parquet"
     write_catalog(world(rate, seconds, seed, wall_clock_ms()).catalog(), catalog)
@@ -227,6 +285,13 @@ def run_freshrank(
             sorted(int(key.split('"')[1]) for key in one if key.startswith("freshrank_stream_consumer_lag{"))
             for one in per_process
         ],
+        # With --declared N: compare cpu_us_per_event with a run without them for their cost per event.
+        "declared_aggregations": declared,
+        "rows_written": {
+            name.split('view="')[1].rstrip('"}'): int(value)
+            for name, value in series.items()
+            if name.startswith("freshrank_stream_rows_written_total{")
+        },
     }
 
 
@@ -357,7 +422,7 @@ def run_baseline(
     }
 
 
-def run(rate: float, seconds: float, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
+def run(rate: float, seconds: float, seed: int, log: Callable[[str], None], declared: int = 0) -> dict[str, Any]:
     """Start a broker and Redis for the benchmark, run both pipelines one after the other, return the report."""
     with tempfile.TemporaryDirectory(prefix="freshrank-bench-") as tmp:
         state_dir = Path(tmp)
@@ -367,7 +432,7 @@ def run(rate: float, seconds: float, seed: int, log: Callable[[str], None]) -> d
         logs = state_dir / "logs"
         with running(broker, logs), running(redis, logs):
             registry = (state_dir / "feast" / "registry.db").resolve()
-            freshrank = run_freshrank(settings, broker, redis, rate, seconds, seed, log)
+            freshrank = run_freshrank(settings, broker, redis, rate, seconds, seed, log, declared=declared)
             baseline = run_baseline(broker, redis, registry, rate, seconds, seed, state_dir, log)
     return {
         "benchmark": "freshness",

@@ -394,7 +394,8 @@ def stream(
     """
     import logging
 
-    from streaming.job import latest_checkpoint, run
+    from streaming.errors import DeclaredViewsRefused
+    from streaming.job import latest_checkpoint, load_declared_views, run
     from streaming.settings import StreamSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -423,14 +424,16 @@ def stream(
         f"stream job on {where}: {settings.bootstrap_servers}/{settings.topic} -> Redis {settings.redis_address}; "
         f"{'resuming from ' + str(restore) if restore else 'no checkpoint, starting from the earliest offsets'}"
     )
-    if not settings.task_managers:
-        run(settings)
-        return
-    from cli.cluster import run_cluster
-
     try:
+        if not settings.task_managers:
+            run(settings)
+            return
+        from cli.cluster import run_cluster
+
+        # A declared view the job cannot run is refused here, before any Flink process starts (as run() does).
+        load_declared_views(settings)
         run_cluster(settings, lambda line: console.print(line, highlight=False))
-    except StackError as error:
+    except (StackError, DeclaredViewsRefused) as error:
         raise fail(str(error)) from None
 
 
@@ -461,6 +464,14 @@ def bench_freshness(
             "that saturates parallelism 1.",
         ),
     ] = False,
+    declared: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Also declare this many stream feature view aggregations (Feast objects, every function, "
+            "three windows; half per user, half per item) for the job to compute beside the built-ins.",
+        ),
+    ] = 0,
 ) -> None:
     """SDK -> broker -> PyFlink job -> Redis, and the consumer-loop + Feast push baseline, at one rate."""
     from bench.freshness import compare_parallelism as compare
@@ -470,12 +481,16 @@ def bench_freshness(
     if find_max and compare_parallelism:
         raise fail("--find-max and --compare-parallelism are two benchmarks: run them one at a time")
     log = lambda line: console.print(f"[dim]bench:[/] {line}")  # noqa: E731
+    if declared and (find_max or compare_parallelism):
+        raise fail(
+            "--declared is measured at one rate, with the baseline; drop --find-max/--compare-parallelism", code=2
+        )
     if compare_parallelism:
         report = compare(rate, seconds, seed, log)
     elif find_max:
         report = find_max_rate(seconds, seed, log, start_rate=rate)
     else:
-        report = run_bench(rate, seconds, seed, log)
+        report = run_bench(rate, seconds, seed, log, declared=declared)
     text = json.dumps(report, indent=2)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -1033,6 +1048,52 @@ def _check_in_registry(client: Any, subject: str, new: dict[str, Any]) -> list[s
     if not accepted and problem is None:
         problems.append(f"{where}: the registry refuses it (its compatibility level may be stricter than BACKWARD)")
     return problems
+
+
+features_app = typer.Typer(
+    help="Streaming features declared with Feast (KafkaSource + StreamFeatureView) that the stream job computes.",
+    no_args_is_help=True,
+)
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("check")
+def features_check(
+    repo: Annotated[Path | None, typer.Option(help="Feast repo to read (default: freshrank's feature_repo/).")] = None,
+    topic: Annotated[str | None, typer.Option(help="Topic the stream job reads [env FRESHRANK_STREAM_TOPIC].")] = None,
+) -> None:
+    """What the stream job will compute from the repo's stream feature views, and what it refuses (exit 1) and why.
+
+    Run it before `feast apply`: the job refuses at start whatever this command refuses.
+    """
+    from feature_repo.declared import check, drafts_from_repo
+    from feature_repo.store import REPO_PATH
+    from streaming.settings import StreamSettings
+
+    path = repo or REPO_PATH
+    if not (path / "feature_store.yaml").is_file():
+        raise fail(f"{path} is not a Feast repo (no feature_store.yaml)", code=2)
+    try:
+        drafts = drafts_from_repo(path)
+    except Exception as error:  # the user's Python: an import error, a Feast ValueError
+        raise fail(f"cannot load the Feast repo {path}: {type(error).__name__}: {error}", code=2) from None
+    accepted, refused = check(drafts, topic or StreamSettings().topic)
+    for view in accepted:
+        kept = "all events" if view.event_types is None else "event types " + ", ".join(sorted(view.event_types))
+        console.print(f"[green]{view.name}[/]: keyed by {view.entity_key}, {kept}")
+        for agg in view.aggregations:
+            w = agg.window
+            console.print(
+                f"  {agg.name} = {agg.function}({agg.column}) over {w.length_ms // 1000} s "
+                f"in {w.n_buckets} buckets of {w.bucket_ms // 1000} s ({agg.dtype})"
+            )
+    if not drafts:
+        console.print(f"no stream feature views in {path}")
+    if refused:
+        for refusal in refused:
+            console.print(f"[red]refused[/] {refusal}")
+        raise fail(f"{len(refused)} problem(s): the stream job would refuse to start; fix them before `feast apply`")
+    console.print(f"[green]{len(accepted)} declared view(s) ok[/]")
 
 
 topics_app = typer.Typer(help="Inspect the Kafka topics (works where old kcat builds cannot).", no_args_is_help=True)

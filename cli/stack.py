@@ -421,12 +421,14 @@ def stream_component(
     metrics_port: int,
     ui_port: int | None = None,
     task_managers: int | None = None,
+    feature_repo: Path | None = None,
 ) -> Component:
     """The PyFlink job, in a local mini-cluster or (task_managers >= 1) on a local standalone cluster of that many
     TaskManagers; healthy once every process running its operators serves /metrics.
 
     With `ui_port` it serves the Flink dashboard there; without, Flink binds a random port
     that nothing announces (never the default 8081, which a running `freshrank up` may hold).
+    `feature_repo`: the Feast repo `feast apply` runs on before each start (default: freshrank's own).
     """
     from streaming.metrics import metrics_addresses
 
@@ -436,9 +438,9 @@ def stream_component(
     metrics = metrics_addresses(settings.host, metrics_port, task_managers)
 
     def apply_feast() -> None:
-        from feature_repo.store import apply
+        from feature_repo.store import REPO_PATH, apply
 
-        apply(redis.address, registry)
+        apply(redis.address, registry, repo=feature_repo or REPO_PATH)
 
     return Component(
         name="stream",

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 from pyflink.datastream import StreamExecutionEnvironment
 
-from streaming.job import JOB_NAME, build
+from streaming.job import JOB_NAME, build, load_declared_views
 from streaming.settings import StreamSettings
 
 
 def main() -> None:
     settings = StreamSettings()
+    # Declared Feast stream feature views, from the registry `feast apply` wrote; a view the job
+    # cannot run fails the submission here, with the view, the field and the reason.
+    declared = load_declared_views(settings)
     env = StreamExecutionEnvironment.get_execution_environment()
-    build(env, settings)
+    build(env, settings, declared)
     env.execute(JOB_NAME)
 
 
