@@ -18,6 +18,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,9 +36,11 @@ from cli.stack import (
     StackSettings,
     broker_component,
     free_port,
+    free_ports,
     redis_component,
     running,
     scrape,
+    scrape_all,
     stream_component,
 )
 from sdk.publisher import EventPublisher, publish_paced, wall_clock_ms
@@ -127,6 +130,77 @@ def cpu_seconds(pid: int | None) -> float:
         return 0.0
 
 
+_DECLARED_FORMS = (
+    ("watch_ms", "sum"),
+    ("item_id", "count"),
+    ("watch_ms", "mean"),
+    ("position", "max"),
+    ("item_id", "count_distinct"),
+    ("position", "min"),
+)
+_DECLARED_WINDOWS = ((600, 10), (3600, 60), (300, 5))  # (time_window, slide_interval) in seconds
+
+
+def declared_repo(directory: Path, topic: str, aggregations: int) -> Path:
+    """A copy of freshrank's Feast repo plus `aggregations` declared aggregations over `topic`, split
+    between a user view and an item view, cycling through every function and three windows."""
+    from feature_repo.store import REPO_PATH
+
+    repo = directory / "feature_repo"
+    shutil.copytree(REPO_PATH, repo, ignore=shutil.ignore_patterns("__pycache__", "data"))
+    views: dict[str, list[str]] = {"user": [], "item": []}
+    for n in range(aggregations):
+        column, function = _DECLARED_FORMS[n % len(_DECLARED_FORMS)]
+        window, slide = _DECLARED_WINDOWS[n % len(_DECLARED_WINDOWS)]
+        views["user" if n % 2 == 0 else "item"].append(
+            f"    Aggregation(column={column!r}, function={function!r}, time_window=timedelta(seconds={window}), "
+            f"slide_interval=timedelta(seconds={slide}), name='bench_{n}'),"
+        )
+    lines = [
+        "from datetime import timedelta",
+        "from feast import Field, FileSource, KafkaSource, StreamFeatureView",
+        "from feast.aggregation import Aggregation",
+        "from feast.data_format import AvroFormat",
+        "from feast.types import Float64, Int64",
+        "from definitions import item, user",
+        f"source = KafkaSource(name='bench_stream', kafka_bootstrap_servers='127.0.0.1:9092', topic={topic!r},",
+        "    timestamp_field='event_time', message_format=AvroFormat(schema_json=''),",
+        "    batch_source=FileSource(name='bench_log', path='data/bench.parquet', timestamp_field='event_time'))",
+    ]
+    for entity, aggs in views.items():
+        if not aggs:
+            continue
+        names = [line.split("name='")[1].split("'")[0] for line in aggs]
+        dtypes = ["Float64" if "'mean'" in line else "Int64" for line in aggs]
+        schema = ", ".join(f"Field(name={n!r}, dtype={d})" for n, d in zip(names, dtypes, strict=True))
+        lines += [
+            f"bench_{entity}_declared = StreamFeatureView(name='bench_{entity}_declared', entities=[{entity}],",
+            "    source=source, timestamp_field='event_time', ttl=timedelta(days=1),",
+            f"    schema=[{schema}],",
+            "    aggregations=[",
+            *aggs,
+            "    ])",
+        ]
+    (repo / "bench_declared.py").write_text("\n".join(lines) + "\n")
+    return repo
+
+
+def machine_busy_cores(before: Any, after: Any) -> float:
+    """Cores busy on average between two `psutil.cpu_times()` samples (every process, not just the job's)."""
+
+    def spent(times: Any) -> tuple[float, float]:
+        fields = times._asdict()
+        # Linux counts guest time inside user and nice already.
+        total = sum(fields.values()) - fields.get("guest", 0.0) - fields.get("guest_nice", 0.0)
+        return fields["idle"] + fields.get("iowait", 0.0), total
+
+    idle_before, total_before = spent(before)
+    idle_after, total_after = spent(after)
+    idle, total = idle_after - idle_before, total_after - total_before
+    cores = os.cpu_count() or 1
+    return cores * (1.0 - idle / total) if total > 0 else 0.0
+
+
 def run_freshrank(
     settings: StackSettings,
     broker: Any,
@@ -136,10 +210,16 @@ def run_freshrank(
     seed: int,
     log: Callable[[str], None],
     topic: str = "bench-freshrank",
+    task_managers: int = 0,
+    declared: int = 0,
 ) -> dict[str, Any]:
+    """The job against `rate` events/s for `seconds`: in a mini-cluster, or (task_managers >= 1) on a local
+    standalone cluster of that many TaskManagers at parallelism task_managers."""
     create_topic(broker.address, topic)
-    metrics_port = free_port()
-    job = stream_component(settings, broker, redis, metrics_port)
+    metrics_port = free_ports(max(1, task_managers))  # TaskManager i serves /metrics on metrics_port + i
+    repo = declared_repo(settings.state_dir, topic, declared) if declared else None
+    job = stream_component(settings, broker, redis, metrics_port, task_managers=task_managers, feature_repo=repo)
+    addresses = job.metrics or [job.address]
     catalog = settings.state_dir / "catalog.parquet"
     write_catalog(world(rate, seconds, seed, wall_clock_ms()).catalog(), catalog)
     job.env.update(
@@ -153,7 +233,7 @@ def run_freshrank(
     with running(job, settings.state_dir / "logs"):
 
         def admitted() -> float:
-            series = scrape(job.address) or {}
+            series = scrape_all(addresses) or {}
             return series.get('freshrank_stream_events_total{outcome="admitted"}', 0.0)
 
         # The job serves /metrics once its first operator is open, before every operator is: without a
@@ -164,12 +244,16 @@ def run_freshrank(
         log(f"freshrank: publishing {rate:.0f} events/s for {seconds:.0f} s")
         job_pid = job.process.pid if job.process is not None else None
         cpu_before = cpu_seconds(job_pid)
+        machine_before = psutil.cpu_times()
         sent, started = publish(broker.address, topic, rate, seconds, seed)
         wait_until(lambda: admitted() >= sent + warm_up, timeout_s=max(120.0, seconds * 10))
         caught_up = time.monotonic()
         job_cpu = cpu_seconds(job_pid) - cpu_before
+        machine_busy = machine_busy_cores(machine_before, psutil.cpu_times())
         time.sleep(2.5)  # the last coalesced rows, and a publish of the freshness gauges (once a second)
-        series = scrape(job.address) or {}
+        # Summed over the TaskManagers; the freshness quantiles are the worst TaskManager's (see scrape_all).
+        series = scrape_all(addresses) or {}
+        per_process = [scrape(address) or {} for address in addresses]
     applied = int(series.get('freshrank_stream_events_total{outcome="admitted"}', 0)) - warm_up
     freshness = {
         "p50": 1000 * series.get('freshrank_stream_freshness_recent_seconds{quantile="0.5"}', float("nan")),
@@ -187,6 +271,27 @@ def run_freshrank(
         # CPU of the job's processes (client and JVM with its embedded Python) from the first publish to caught up.
         "cpu_s": round(job_cpu, 1),
         "cpu_us_per_event": round(1e6 * job_cpu / max(applied, 1), 1),
+        # Cores in use by every process (broker, Redis, publisher, job, anything else) over the same span:
+        # near the machine's count, the machine and not the job was the bound.
+        "machine_busy_cores": round(machine_busy, 2),
+        "job_cores": round(job_cpu / max(caught_up - started, 1e-9), 2),
+        "task_managers": task_managers,
+        # Events each process admitted (one per TaskManager; the mini-cluster is one), warm-up included.
+        "events_per_process": [
+            int(one.get('freshrank_stream_events_total{outcome="admitted"}', 0)) for one in per_process
+        ],
+        # Kafka partitions each process read (its consumer-lag series): how evenly Flink's key groups split them.
+        "partitions_per_process": [
+            sorted(int(key.split('"')[1]) for key in one if key.startswith("freshrank_stream_consumer_lag{"))
+            for one in per_process
+        ],
+        # With --declared N: compare cpu_us_per_event with a run without them for their cost per event.
+        "declared_aggregations": declared,
+        "rows_written": {
+            name.split('view="')[1].rstrip('"}'): int(value)
+            for name, value in series.items()
+            if name.startswith("freshrank_stream_rows_written_total{")
+        },
     }
 
 
@@ -317,7 +422,7 @@ def run_baseline(
     }
 
 
-def run(rate: float, seconds: float, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
+def run(rate: float, seconds: float, seed: int, log: Callable[[str], None], declared: int = 0) -> dict[str, Any]:
     """Start a broker and Redis for the benchmark, run both pipelines one after the other, return the report."""
     with tempfile.TemporaryDirectory(prefix="freshrank-bench-") as tmp:
         state_dir = Path(tmp)
@@ -327,7 +432,7 @@ def run(rate: float, seconds: float, seed: int, log: Callable[[str], None]) -> d
         logs = state_dir / "logs"
         with running(broker, logs), running(redis, logs):
             registry = (state_dir / "feast" / "registry.db").resolve()
-            freshrank = run_freshrank(settings, broker, redis, rate, seconds, seed, log)
+            freshrank = run_freshrank(settings, broker, redis, rate, seconds, seed, log, declared=declared)
             baseline = run_baseline(broker, redis, registry, rate, seconds, seed, state_dir, log)
     return {
         "benchmark": "freshness",
@@ -336,6 +441,39 @@ def run(rate: float, seconds: float, seed: int, log: Callable[[str], None]) -> d
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         **freshrank,
         "baseline": baseline,
+        "git_commit": _git_commit(),
+    }
+
+
+def compare_parallelism(rate: float, seconds: float, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """The same events at the same rate against the job on a local cluster of 1 TaskManager (parallelism 1),
+    then of 2 TaskManagers (parallelism 2), each on its own topic and checkpoints, one broker and Redis.
+
+    In thread mode a JVM's Python operators share one interpreter and its GIL: only more TaskManager
+    processes add cores. The rate should saturate parallelism 1, so that throughput is the job's, not the
+    publisher's; `throughput_ratio` is parallelism 2's throughput over parallelism 1's.
+    """
+    runs: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="freshrank-bench-") as tmp:
+        root = Path(tmp)
+        shared = StackSettings(state_dir=root, broker_port=0, redis_port=0)
+        broker = broker_component(shared, free_port())
+        redis = redis_component(shared, free_port())
+        with running(broker, root / "logs"), running(redis, root / "logs"):
+            for task_managers in (1, 2):
+                settings = StackSettings(state_dir=root / f"p{task_managers}", broker_port=0, redis_port=0)
+                log(f"parallelism {task_managers}: a local cluster of {task_managers} TaskManagers")
+                runs[f"parallelism_{task_managers}"] = run_freshrank(
+                    settings, broker, redis, rate, seconds, seed, log, f"bench-p{task_managers}", task_managers
+                )
+    one, two = runs["parallelism_1"], runs["parallelism_2"]
+    return {
+        "benchmark": "freshness-parallelism",
+        "rate_eps": rate,
+        "seconds": seconds,
+        **runs,
+        "throughput_ratio": round(two["throughput_eps"] / max(one["throughput_eps"], 1e-9), 2),
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "git_commit": _git_commit(),
     }
 

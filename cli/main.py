@@ -74,6 +74,14 @@ def up(
     flink_ui_port: Annotated[
         int | None, typer.Option(help="Flink dashboard and REST API of the stream job (default 8081; 0 = free port).")
     ] = None,
+    task_managers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Run the stream job on a local standalone Flink cluster of N TaskManagers at parallelism N "
+            "(/metrics on the stream port + 0..N-1); 0 = in a mini-cluster [env FRESHRANK_STREAM_TASK_MANAGERS].",
+        ),
+    ] = None,
     state_dir: StateDir = None,
     timeout: Annotated[float, typer.Option(help="Seconds --detach waits for health.")] = 300.0,
 ) -> None:
@@ -84,6 +92,7 @@ def up(
         redis_port=redis_port,
         stream_metrics_port=stream_port,
         stream_flink_ui_port=flink_ui_port,
+        stream_task_managers=task_managers,
     )
     state = read_state(settings)
     if state and pid_alive(state.get("supervisor_pid")):
@@ -143,6 +152,8 @@ def _up_detached(settings: StackSettings, ports: dict[str, int], timeout_s: floa
         str(ports["stream"]),
         "--flink-ui-port",
         str(ports["stream-ui"]),
+        "--task-managers",
+        str(settings.stream_task_managers),
     ]
     # The ports checked (or picked, for 0) here are the ones the stack runs on.
     env = {**os.environ, "FRESHRANK_SERVE_PORT": str(ports["serve"])}
@@ -192,6 +203,9 @@ def down(
     # Returning means `freshrank up` can start again on the same ports at once.
     addresses = [str(c["address"]) for c in components]
     addresses += [str(c["dashboard"]).removeprefix("http://") for c in components if c.get("dashboard")]
+    # The TaskManagers of a local cluster (own process groups, stopped by `freshrank stream` or, if it was
+    # killed, by their parent-death signal) hold these.
+    addresses += [str(a) for c in components for a in c.get("metrics", []) if a not in addresses]
     taken = wait_ports_free(addresses, timeout_s=timeout)
     settings.state_file.unlink(missing_ok=True)
     if taken:
@@ -221,10 +235,11 @@ def _print_status(settings: StackSettings, as_json: bool) -> bool:
             "address": info["address"],
             "pid": info["pid"],
             "restarts": info["restarts"],
-            "healthy": running and component_health(name, info["address"], info.get("dashboard")),
+            "healthy": running and component_health(name, info["address"], info.get("dashboard"), info.get("metrics")),
         }
         if name == "stream" and running:
-            components[name]["detail"] = stream_detail(info["address"])
+            # One /metrics per TaskManager on a local cluster: the detail sums them.
+            components[name]["detail"] = stream_detail(info.get("metrics") or info["address"])
             if info.get("dashboard"):
                 components[name]["flink"] = flink_detail(info["dashboard"])
     healthy = running and bool(components) and all(c["healthy"] for c in components.values())
@@ -360,29 +375,66 @@ def generate(
 @app.command()
 def stream(
     parallelism: Annotated[int | None, typer.Option(help="Parallelism of readers and feature operators.")] = None,
+    task_managers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="0: a local mini-cluster in this process (one Python interpreter, one GIL). N >= 1: a local "
+            "standalone Flink cluster of N TaskManager processes, the job at parallelism N "
+            "[env FRESHRANK_STREAM_TASK_MANAGERS, default 0].",
+        ),
+    ] = None,
 ) -> None:
     """Run the PyFlink feature job (Kafka -> features -> Feast online store) until stopped.
 
     Settings come from FRESHRANK_STREAM_* variables (see README). After a crash it
     resumes from the newest retained checkpoint in FRESHRANK_STREAM_CHECKPOINT_DIR.
+    With --task-managers N it starts a JobManager and N TaskManagers, submits the job
+    to them, and exits non-zero if any of them dies.
     """
     import logging
 
-    from streaming.job import latest_checkpoint, run
+    from streaming.errors import DeclaredViewsRefused
+    from streaming.job import latest_checkpoint, load_declared_views, run
     from streaming.settings import StreamSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = StreamSettings() if parallelism is None else StreamSettings(parallelism=parallelism)
+    if task_managers and parallelism is not None and parallelism != task_managers:
+        raise fail(
+            f"--parallelism {parallelism} with --task-managers {task_managers}: on a local cluster the job runs "
+            "at one parallel instance per TaskManager; pass only --task-managers"
+        )
+    overrides: dict[str, int] = {}
+    if parallelism is not None:
+        overrides["parallelism"] = parallelism
+    if task_managers is not None:
+        overrides["task_managers"] = task_managers
+    settings = StreamSettings(**overrides)  # type: ignore[arg-type]
     try:
         java_version()
     except StackError as error:
         raise fail(str(error)) from None
     restore = latest_checkpoint(settings.checkpoint_dir)
+    where = (
+        f"a local cluster of {settings.task_managers} TaskManagers (parallelism {settings.task_managers})"
+        if settings.task_managers
+        else "a local mini-cluster"
+    )
     console.print(
-        f"stream job: {settings.bootstrap_servers}/{settings.topic} -> Redis {settings.redis_address}; "
+        f"stream job on {where}: {settings.bootstrap_servers}/{settings.topic} -> Redis {settings.redis_address}; "
         f"{'resuming from ' + str(restore) if restore else 'no checkpoint, starting from the earliest offsets'}"
     )
-    run(settings)
+    try:
+        if not settings.task_managers:
+            run(settings)
+            return
+        from cli.cluster import run_cluster
+
+        # A declared view the job cannot run is refused here, before any Flink process starts (as run() does).
+        load_declared_views(settings)
+        run_cluster(settings, lambda line: console.print(line, highlight=False))
+    except (StackError, DeclaredViewsRefused) as error:
+        raise fail(str(error)) from None
 
 
 bench_app = typer.Typer(help="Benchmarks; each writes a JSON report.", no_args_is_help=True)
@@ -403,13 +455,42 @@ def bench_freshness(
             "(doubling from --rate, then bisection; a fresh job per trial; no baseline).",
         ),
     ] = False,
+    compare_parallelism: Annotated[
+        bool,
+        typer.Option(
+            "--compare-parallelism",
+            help="Instead: the job on a local Flink cluster of 1 TaskManager (parallelism 1) against 2 "
+            "TaskManagers (parallelism 2) at --rate, and the throughput ratio (no baseline). Pick a rate "
+            "that saturates parallelism 1.",
+        ),
+    ] = False,
+    declared: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Also declare this many stream feature view aggregations (Feast objects, every function, "
+            "three windows; half per user, half per item) for the job to compute beside the built-ins.",
+        ),
+    ] = 0,
 ) -> None:
     """SDK -> broker -> PyFlink job -> Redis, and the consumer-loop + Feast push baseline, at one rate."""
+    from bench.freshness import compare_parallelism as compare
     from bench.freshness import find_max as find_max_rate
     from bench.freshness import run as run_bench
 
+    if find_max and compare_parallelism:
+        raise fail("--find-max and --compare-parallelism are two benchmarks: run them one at a time")
     log = lambda line: console.print(f"[dim]bench:[/] {line}")  # noqa: E731
-    report = find_max_rate(seconds, seed, log, start_rate=rate) if find_max else run_bench(rate, seconds, seed, log)
+    if declared and (find_max or compare_parallelism):
+        raise fail(
+            "--declared is measured at one rate, with the baseline; drop --find-max/--compare-parallelism", code=2
+        )
+    if compare_parallelism:
+        report = compare(rate, seconds, seed, log)
+    elif find_max:
+        report = find_max_rate(seconds, seed, log, start_rate=rate)
+    else:
+        report = run_bench(rate, seconds, seed, log, declared=declared)
     text = json.dumps(report, indent=2)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -967,6 +1048,52 @@ def _check_in_registry(client: Any, subject: str, new: dict[str, Any]) -> list[s
     if not accepted and problem is None:
         problems.append(f"{where}: the registry refuses it (its compatibility level may be stricter than BACKWARD)")
     return problems
+
+
+features_app = typer.Typer(
+    help="Streaming features declared with Feast (KafkaSource + StreamFeatureView) that the stream job computes.",
+    no_args_is_help=True,
+)
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("check")
+def features_check(
+    repo: Annotated[Path | None, typer.Option(help="Feast repo to read (default: freshrank's feature_repo/).")] = None,
+    topic: Annotated[str | None, typer.Option(help="Topic the stream job reads [env FRESHRANK_STREAM_TOPIC].")] = None,
+) -> None:
+    """What the stream job will compute from the repo's stream feature views, and what it refuses (exit 1) and why.
+
+    Run it before `feast apply`: the job refuses at start whatever this command refuses.
+    """
+    from feature_repo.declared import check, drafts_from_repo
+    from feature_repo.store import REPO_PATH
+    from streaming.settings import StreamSettings
+
+    path = repo or REPO_PATH
+    if not (path / "feature_store.yaml").is_file():
+        raise fail(f"{path} is not a Feast repo (no feature_store.yaml)", code=2)
+    try:
+        drafts = drafts_from_repo(path)
+    except Exception as error:  # the user's Python: an import error, a Feast ValueError
+        raise fail(f"cannot load the Feast repo {path}: {type(error).__name__}: {error}", code=2) from None
+    accepted, refused = check(drafts, topic or StreamSettings().topic)
+    for view in accepted:
+        kept = "all events" if view.event_types is None else "event types " + ", ".join(sorted(view.event_types))
+        console.print(f"[green]{view.name}[/]: keyed by {view.entity_key}, {kept}")
+        for agg in view.aggregations:
+            w = agg.window
+            console.print(
+                f"  {agg.name} = {agg.function}({agg.column}) over {w.length_ms // 1000} s "
+                f"in {w.n_buckets} buckets of {w.bucket_ms // 1000} s ({agg.dtype})"
+            )
+    if not drafts:
+        console.print(f"no stream feature views in {path}")
+    if refused:
+        for refusal in refused:
+            console.print(f"[red]refused[/] {refusal}")
+        raise fail(f"{len(refused)} problem(s): the stream job would refuse to start; fix them before `feast apply`")
+    console.print(f"[green]{len(accepted)} declared view(s) ok[/]")
 
 
 topics_app = typer.Typer(help="Inspect the Kafka topics (works where old kcat builds cannot).", no_args_is_help=True)

@@ -53,6 +53,12 @@ class StackSettings(BaseSettings):
     stream_flink_ui_port: int = Field(
         8081, ge=0, le=65535, description="Flink dashboard and REST API of the stream job; 0: free."
     )
+    stream_task_managers: int = Field(
+        0,
+        ge=0,
+        description="FRESHRANK_STREAM_TASK_MANAGERS: 0 runs the stream job in a mini-cluster; N >= 1 on a local "
+        "standalone cluster of N TaskManagers (metrics on the stream port + 0..N-1).",
+    )
     serve_port: int = Field(8000, ge=0, le=65535, description="Feed API port (FRESHRANK_SERVE_PORT); 0: free.")
     partitions: int = Field(8, gt=0, description="Partitions of the interactions topic.")
 
@@ -99,6 +105,24 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive free ports (see `free_port`), none handed out before; all are marked taken.
+
+    For a stream job on a local cluster: TaskManager i serves /metrics on the first port + i.
+    """
+    if count <= 1:
+        return free_port(host)
+    low, _ = ephemeral_port_range()
+    starts = list(range(_FREE_PORTS_FROM, low - count))
+    random.shuffle(starts)
+    for start in starts[:200]:
+        block = range(start, start + count)
+        if all(port not in _handed_out and port_bindable(host, port) is None for port in block):
+            _handed_out.update(block)
+            return start
+    raise StackError(f"found no {count} consecutive free ports below {low} on {host}")
 
 
 def port_bindable(host: str, port: int) -> OSError | None:
@@ -187,6 +211,8 @@ class Component:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     dashboard: str | None = None  # a web UI of the component, if it has one (the stream job's Flink dashboard)
+    # Every /metrics address of the component when it has more than `address` (one per TaskManager).
+    metrics: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
         description = {
@@ -197,6 +223,8 @@ class Component:
         }
         if self.dashboard is not None:
             description["dashboard"] = self.dashboard
+        if self.metrics:
+            description["metrics"] = self.metrics
         return description
 
 
@@ -296,13 +324,39 @@ def scrape(address: str, timeout_s: float = 5.0) -> dict[str, float] | None:
     return series
 
 
-def metrics_healthy(address: str) -> bool:
-    return scrape(address) is not None
+# Series that do not add up across the stream job's processes: each process's own quantiles of its own rows.
+_NOT_ADDITIVE = ("freshrank_stream_freshness_recent_seconds{",)
 
 
-def stream_detail(address: str) -> dict[str, float] | None:
-    """What `freshrank status` shows of the stream job: freshness over the last minute, lag, events."""
-    series = scrape(address)
+def scrape_all(addresses: list[str], timeout_s: float = 5.0) -> dict[str, float] | None:
+    """The stream job's /metrics over all its processes (one per TaskManager); None if any is unreachable.
+
+    Counters and gauges of counts add up. The freshness quantile gauges cannot be merged from
+    per-process quantiles: the largest of them is reported, an upper bound of the job's quantile.
+    """
+    merged: dict[str, float] = {}
+    for address in addresses:
+        series = scrape(address, timeout_s)
+        if series is None:
+            return None
+        for name, value in series.items():
+            if name.startswith(_NOT_ADDITIVE):
+                merged[name] = max(merged.get(name, value), value)
+            else:
+                merged[name] = merged.get(name, 0.0) + value
+    return merged
+
+
+def metrics_healthy(address: str | list[str]) -> bool:
+    return scrape_all([address] if isinstance(address, str) else address) is not None
+
+
+def stream_detail(addresses: str | list[str]) -> dict[str, float] | None:
+    """What `freshrank status` shows of the stream job: freshness over the last minute, lag, events.
+
+    `addresses`: every /metrics address of the job (one per TaskManager); counts are their sums.
+    """
+    series = scrape_all([addresses] if isinstance(addresses, str) else addresses)
     if series is None:
         return None
     return {
@@ -361,26 +415,38 @@ def flink_problems(flink: dict[str, Any] | None) -> list[str]:
 
 
 def stream_component(
-    settings: StackSettings, broker: Component, redis: Component, metrics_port: int, ui_port: int | None = None
+    settings: StackSettings,
+    broker: Component,
+    redis: Component,
+    metrics_port: int,
+    ui_port: int | None = None,
+    task_managers: int | None = None,
+    feature_repo: Path | None = None,
 ) -> Component:
-    """The PyFlink job in a local mini-cluster; healthy once its operators serve /metrics.
+    """The PyFlink job, in a local mini-cluster or (task_managers >= 1) on a local standalone cluster of that many
+    TaskManagers; healthy once every process running its operators serves /metrics.
 
     With `ui_port` it serves the Flink dashboard there; without, Flink binds a random port
     that nothing announces (never the default 8081, which a running `freshrank up` may hold).
+    `feature_repo`: the Feast repo `feast apply` runs on before each start (default: freshrank's own).
     """
+    from streaming.metrics import metrics_addresses
+
     registry = (settings.state_dir / "feast" / "registry.db").resolve()
     address = f"{settings.host}:{metrics_port}"
+    task_managers = settings.stream_task_managers if task_managers is None else task_managers
+    metrics = metrics_addresses(settings.host, metrics_port, task_managers)
 
     def apply_feast() -> None:
-        from feature_repo.store import apply
+        from feature_repo.store import REPO_PATH, apply
 
-        apply(redis.address, registry)
+        apply(redis.address, registry, repo=feature_repo or REPO_PATH)
 
     return Component(
         name="stream",
         address=address,
         command=[sys.executable, "-m", "cli", "stream"],
-        healthy=lambda: metrics_healthy(address),
+        healthy=lambda: metrics_healthy(metrics),
         before_start=apply_feast,
         env={
             "FRESHRANK_STREAM_BOOTSTRAP_SERVERS": broker.address,
@@ -391,9 +457,14 @@ def stream_component(
             "FRESHRANK_STREAM_METRICS_PORT": str(metrics_port),
             "FRESHRANK_STREAM_FLINK_UI_PORT": str(ui_port or 0),
             "FRESHRANK_STREAM_FLINK_UI_BIND_ADDRESS": settings.host,
+            "FRESHRANK_STREAM_TASK_MANAGERS": str(task_managers),
+            "FRESHRANK_STREAM_CLUSTER_DIR": str((settings.state_dir / "flink-cluster").resolve()),
+            "FRESHRANK_STREAM_FLINK_LOG_DIR": str((settings.state_dir / "logs" / "flink").resolve()),
         },
-        startup_timeout_s=300.0,
+        # A cluster starts a JobManager, the TaskManagers and a submitting client (JVMs all) before the job.
+        startup_timeout_s=300.0 + 60.0 * task_managers,
         dashboard=f"http://{settings.host}:{ui_port}" if ui_port else None,
+        metrics=metrics if task_managers else [],
     )
 
 
@@ -668,6 +739,9 @@ def local_components(settings: StackSettings) -> list[Component]:
     broker_port = claim_port(settings.host, settings.broker_port, "broker", "--broker-port")
     redis_port = claim_port(settings.host, settings.redis_port, "Redis server", "--redis-port")
     metrics_port = claim_port(settings.host, settings.stream_metrics_port, "stream job metrics", "--stream-port")
+    # TaskManager i of a local cluster serves /metrics on the stream port + i.
+    for index in range(1, settings.stream_task_managers):
+        claim_port(settings.host, metrics_port + index, f"metrics of TaskManager {index}", "--stream-port")
     ui_port = claim_port(settings.host, settings.stream_flink_ui_port, "Flink dashboard", "--flink-ui-port")
     serve_port = claim_port(settings.host, settings.serve_port, "feed API", "the variable FRESHRANK_SERVE_PORT set to")
     broker = broker_component(settings, broker_port)
@@ -676,7 +750,7 @@ def local_components(settings: StackSettings) -> list[Component]:
     return [broker, redis, stream, serve_component(settings, broker, redis, serve_port)]
 
 
-def component_health(name: str, address: str, dashboard: str | None = None) -> bool:
+def component_health(name: str, address: str, dashboard: str | None = None, metrics: list[str] | None = None) -> bool:
     host, _, port = address.rpartition(":")
     if name == "broker":
         return broker_healthy(address)
@@ -684,7 +758,7 @@ def component_health(name: str, address: str, dashboard: str | None = None) -> b
         return redis_healthy(host, int(port))
     if name == "stream":
         flink = flink_detail(dashboard) if dashboard else None
-        return not stream_problems(stream_detail(address)) and not flink_problems(flink)
+        return not stream_problems(stream_detail(metrics or address)) and not flink_problems(flink)
     if name == "serve":
         return http_healthy(address)
     return False

@@ -162,13 +162,17 @@ class ViewLayout:
         self.key = keys.key
         self.feast_key = keys.feast_key
 
-    def hash_fields(self, values: Mapping[str, FeatureValue], as_of_ms: int, timestamp_us: int) -> dict[bytes, bytes]:
-        """The hash fields Feast's writer would set for this row: every feature, `as_of`, and `_ts:<view>`."""
+    def hash_fields(
+        self, values: Mapping[str, FeatureValue | None], as_of_ms: int, timestamp_us: int
+    ) -> dict[bytes, bytes]:
+        """The hash fields Feast's writer would set for this row: every feature, `as_of`, and `_ts:<view>`.
+
+        A None value is written as an empty `Value` (no field set), which Feast reads back as null."""
         encoders = self._encoders
         mapping: dict[bytes, bytes] = {}
         for name, value in values.items():
             field, encode = encoders[name]
-            mapping[field] = encode(value)
+            mapping[field] = b"" if value is None else encode(value)
         mapping[self.as_of_field] = _INT64_TAG + varint(as_of_ms)
         mapping[self.timestamp_field] = encode_timestamp(timestamp_us)
         return mapping

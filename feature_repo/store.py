@@ -41,13 +41,14 @@ def open_store(redis_address: str, registry_path: Path | str, key_ttl_s: int | N
     return FeatureStore(config=config)
 
 
-def apply(redis_address: str, registry_path: Path | str, timeout_s: float = 300) -> None:
-    """Run `feast apply` on this repo (idempotent). Raises RuntimeError with Feast's output on failure."""
+def apply(redis_address: str, registry_path: Path | str, timeout_s: float = 300, repo: Path = REPO_PATH) -> None:
+    """Run `feast apply` on this repo, or on `repo` (a copy with more views; idempotent). Raises RuntimeError
+    with Feast's output on failure."""
     if "://" not in str(registry_path):
         Path(registry_path).parent.mkdir(parents=True, exist_ok=True)
     feast = Path(sys.executable).with_name("feast")
     result = subprocess.run(
-        [str(feast), "--chdir", str(REPO_PATH), "apply"],
+        [str(feast), "--chdir", str(repo), "apply"],
         env={**os.environ, **feast_env(redis_address, registry_path)},
         capture_output=True,
         text=True,

@@ -33,7 +33,7 @@ import heapq
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
@@ -79,7 +79,7 @@ class Aggregate(Protocol):
     @property
     def newest_event_ms(self) -> int | None: ...
 
-    def values(self, as_of_ms: int) -> dict[str, FeatureValue]: ...
+    def values(self, as_of_ms: int) -> Mapping[str, FeatureValue | None]: ...
 
     def next_change_ms(self, as_of_ms: int) -> int | None: ...
 
@@ -94,7 +94,7 @@ class FeatureRow(NamedTuple):
 
     view: str
     entity_id: str
-    values: dict[str, FeatureValue]
+    values: Mapping[str, FeatureValue | None]  # None: a null value (a declared mean/max/min of an empty window)
     as_of_ms: int
     timestamp_us: int
     # Event time of the newest event the values include; None for rows emitted as windows age.

@@ -32,3 +32,16 @@ class DlqUnavailable(StreamError):
 
 class FlinkRestUnavailable(StreamError):
     """The Flink REST API did not answer, or holds no job of ours; the message says which and where."""
+
+
+class DeclaredViewsRefused(StreamError):
+    """Declared stream feature views the job cannot run: it refuses to start rather than skip them."""
+
+    def __init__(self, refusals: list[Any]) -> None:
+        lines = "\n".join(f"  {refusal}" for refusal in refusals)
+        super().__init__(
+            f"the stream job cannot run {len(refusals)} part(s) of the declared stream feature views "
+            f"(view: field: reason):\n{lines}\nfix the Feast repo (`freshrank features check`), "
+            "run `feast apply`, then start the job again"
+        )
+        self.refusals = refusals

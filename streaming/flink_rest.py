@@ -69,3 +69,8 @@ def job_status(base_url: str, job_name: str = JOB_NAME, timeout_s: float = 3.0) 
         if latest
         else None,
     )
+
+
+def registered_task_managers(base_url: str, timeout_s: float = 3.0) -> int:
+    """How many TaskManagers have registered with the JobManager at `base_url`."""
+    return len(_get(base_url, "/taskmanagers", timeout_s)["taskmanagers"])

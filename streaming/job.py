@@ -2,7 +2,9 @@
 
 `run(settings)` starts a local mini-cluster in this process (thread mode),
 resuming from the newest retained checkpoint under `checkpoint_dir` if there is
-one. In production the same `build()` runs on a Flink cluster.
+one. In production, and locally with `freshrank stream --task-managers N`
+(streaming/cluster.py), the same `build()` runs on a Flink cluster from
+`streaming.job_main`.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ import os
 import sys
 from pathlib import Path
 
-from pyflink.common import Configuration, Types
+from pyflink.common import Configuration, Types, WatermarkStrategy
 from pyflink.datastream import StreamExecutionEnvironment
-from pyflink.table import StreamTableEnvironment
+from pyflink.datastream.connectors.number_seq import NumberSequenceSource
 
+from features.declared import DeclaredView
+from streaming.errors import DeclaredViewsRefused
 from streaming.flink_rest import JOB_NAME as JOB_NAME
 from streaming.operators import (
     ITEM_EVENTS,
     ItemFeaturesByBucket,
+    Metronome,
     PartitionFanOut,
     UserFeaturesByPartition,
 )
@@ -84,16 +89,19 @@ def dashboard_url(settings: StreamSettings) -> str | None:
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{settings.flink_ui_port}"
 
 
-def build(env: StreamExecutionEnvironment, settings: StreamSettings) -> None:
-    """Add the job's operators to `env`; see streaming/operators.py for each step."""
+def build(env: StreamExecutionEnvironment, settings: StreamSettings, declared: tuple[DeclaredView, ...] = ()) -> None:
+    """Add the job's operators to `env`; see streaming/operators.py for each step. `declared`: the Feast
+    stream feature views to compute beside the built-ins (`load_declared_views`)."""
     env.set_buffer_timeout(settings.buffer_timeout_ms)
-    tables = StreamTableEnvironment.create(env)
-    tables.execute_sql(
-        "CREATE TEMPORARY TABLE freshrank_ticks (n BIGINT) WITH ("
-        f"'connector' = 'datagen', 'rows-per-second' = '{settings.ticks_per_second}', "
-        "'fields.n.kind' = 'random')"
+    # Ticks, evenly spaced: Flink's datagen source emits each second's rows at once and then
+    # sleeps, which held every event up to a second before it was read (the ~1 s freshness floor).
+    ticks = (
+        env.from_source(NumberSequenceSource(0, 2**62), WatermarkStrategy.no_watermarks(), "ticks")
+        .uid("ticks")
+        .map(Metronome(settings.ticks_per_second), output_type=Types.LONG())
+        .name("metronome")
+        .uid("metronome")
     )
-    ticks = tables.to_data_stream(tables.from_path("freshrank_ticks"))
     # (partition, partition count, topic id), from one keyed instance that holds the job's layout.
     polls = (
         ticks.key_by(lambda _tick: 0, key_type=Types.INT())
@@ -104,18 +112,35 @@ def build(env: StreamExecutionEnvironment, settings: StreamSettings) -> None:
     # Each feature operator writes the rows it makes to Redis itself; only item events flow on.
     user_features = (
         polls.key_by(lambda poll: poll[0], key_type=Types.INT())
-        .process(UserFeaturesByPartition(settings), output_type=Types.PICKLED_BYTE_ARRAY())
+        .process(UserFeaturesByPartition(settings, declared), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("UserFeaturesByPartition")
         .uid("user-features-by-partition")
     )
     (
         user_features.get_side_output(ITEM_EVENTS)
         .key_by(lambda batch: batch.bucket, key_type=Types.INT())
-        .process(ItemFeaturesByBucket(settings), output_type=Types.PICKLED_BYTE_ARRAY())
+        .process(ItemFeaturesByBucket(settings, declared), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("ItemFeaturesByBucket")
         .uid("item-features-by-bucket")
     )
     # Dead letters are written (and confirmed) inside UserFeaturesByPartition, before it saves its offset.
+
+
+def load_declared_views(settings: StreamSettings) -> tuple[DeclaredView, ...]:
+    """The stream feature views `feast apply` registered; raises DeclaredViewsRefused if any cannot run."""
+    from feature_repo.declared import load_declared
+
+    accepted, refused = load_declared(settings.redis_connection_string(), settings.feast_registry, settings.topic)
+    if refused:
+        raise DeclaredViewsRefused(refused)
+    for view in accepted:
+        log.info(
+            "declared view %s (by %s): %s",
+            view.name,
+            view.entity_key,
+            ", ".join(f"{a.name}={a.function}({a.column})" for a in view.aggregations),
+        )
+    return tuple(accepted)
 
 
 def run(settings: StreamSettings) -> None:
@@ -136,6 +161,7 @@ def run(settings: StreamSettings) -> None:
     restore_from = latest_checkpoint(settings.checkpoint_dir)
     if restore_from is not None:
         log.info("resuming from checkpoint %s", restore_from)
+    declared = load_declared_views(settings)  # before Flink starts: a refused view stops the job here
     env = StreamExecutionEnvironment.get_execution_environment(flink_configuration(settings, restore_from))
-    build(env, settings)
+    build(env, settings, declared)
     env.execute(JOB_NAME)

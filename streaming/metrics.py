@@ -8,6 +8,7 @@ by the first operator that opens (once per process).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -120,9 +121,27 @@ def task_opened(operator: str, subtask: int, attempt: int) -> None:
         _opened.add((operator, subtask))
 
 
+# Set in each TaskManager's environment by a local standalone cluster (streaming/cluster.py): the operators'
+# settings are pickled once for every TaskManager, so the port of this process's /metrics comes from here.
+TASK_MANAGER_METRICS_PORT_ENV = "FRESHRANK_TASK_MANAGER_METRICS_PORT"
+
+
+def metrics_addresses(host: str, metrics_port: int, task_managers: int) -> list[str]:
+    """The job's /metrics addresses: TaskManager i of a local cluster serves `metrics_port + i`; the mini-cluster
+    (task_managers 0) serves `metrics_port` from its one process."""
+    return [f"{host}:{metrics_port + index}" for index in range(max(1, task_managers))]
+
+
 def serve(port: int, addr: str = "127.0.0.1") -> None:
-    """Start the /metrics HTTP server once per process (port 0: don't serve)."""
+    """Start the /metrics HTTP server once per process (port 0: don't serve).
+
+    In a TaskManager of a local standalone cluster, FRESHRANK_TASK_MANAGER_METRICS_PORT replaces `port`
+    (TaskManager i serves `port + i`), so every TaskManager on one host has its own.
+    """
     global _server_port
+    override = os.environ.get(TASK_MANAGER_METRICS_PORT_ENV)
+    if port and override:
+        port = int(override)
     with _server_lock:
         if port and _server_port is None:
             try:

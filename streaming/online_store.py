@@ -43,7 +43,8 @@ from feast.infra.online_stores.redis import RedisOnlineStore
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW, item_stream_features, user_stream_features
 from feature_repo.layout import ViewLayout
 from feature_repo.store import project_name
-from features.definitions import ITEM_FEATURES, USER_FEATURES
+from features.declared import DeclaredView
+from features.definitions import ITEM_FEATURES, USER_FEATURES, FeatureSpec
 from streaming.entities import FeatureRow
 from streaming.errors import OnlineStoreUnavailable
 
@@ -96,12 +97,30 @@ def redis_client(connection_string: str) -> redis.Redis:
     return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)
 
 
+def declared_specs(view: DeclaredView) -> tuple[FeatureSpec, ...]:
+    """The online schema of a declared view: one feature per aggregation, typed as its Feast Field."""
+    return tuple(
+        FeatureSpec(a.name, a.dtype, f"{a.function}({a.column}) over {a.window.length_ms} ms")
+        for a in view.aggregations
+    )
+
+
 class OnlineStoreSink:
-    def __init__(self, redis_address: str, project: str | None = None, key_ttl_s: int | None = KEY_TTL_S) -> None:
+    def __init__(
+        self,
+        redis_address: str,
+        project: str | None = None,
+        key_ttl_s: int | None = KEY_TTL_S,
+        declared: Sequence[DeclaredView] = (),
+    ) -> None:
         self.redis_address = redis_address
         self.key_ttl_s = key_ttl_s
         project = project or project_name()
         self.layouts = {view: ViewLayout(project, view, JOIN_KEYS[view], SPECS[view], AS_OF_FIELD) for view in SPECS}
+        # Declared views share the entity's hash with the built-ins (Feast: one hash per entity key).
+        for view in declared:
+            specs = declared_specs(view)
+            self.layouts[view.name] = ViewLayout(project, view.name, view.entity_key, specs, AS_OF_FIELD)
         self._client: redis.Redis | None = None
         # Keys whose TTL was re-armed since `_armed_since`: each key gets one EXPIRE per REARM_S, not one per
         # row (half the commands). Bounded: cleared when full, after an hour, and after any failed write.

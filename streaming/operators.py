@@ -1,7 +1,7 @@
 """The Flink functions of the stream job: thin wrappers around `features/` and the I/O edges.
 
 Follow an event through this file top to bottom:
-PartitionFanOut (one poll request per partition per tick) ->
+Metronome (ticks, evenly spaced) -> PartitionFanOut (one poll request per partition per tick) ->
 UserFeaturesByPartition (keyed by partition: read with KafkaPartitionReader,
 decode, validate -> DLQ; admission: dedup + lateness -> DLQ; user features) ->
 ItemFeaturesByBucket (keyed by item bucket: item features) ->
@@ -44,16 +44,18 @@ from confluent_kafka import Consumer, KafkaError, TopicCollection, TopicPartitio
 from confluent_kafka.admin import AdminClient
 from pyflink.common import Types
 from pyflink.datastream import OutputTag
-from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
+from pyflink.datastream.functions import KeyedProcessFunction, MapFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from feature_repo.definitions import ITEM_VIEW, USER_VIEW
 from features.admission import EVICT_AFTER_MS, AdmissionGate
+from features.declared import DeclaredView
 from features.events import InteractionEvent
 from features.item import ItemFeatures
 from features.user import UserFeatures
 from sdk.schema_registry import SchemaRegistrySettings, consumer_codec
 from streaming import metrics
+from streaming.declared import DeclaredTables
 from streaming.dlq import DeadLetterSink
 from streaming.entities import CachedObjects, EntityTable, FeatureRow, RowClock
 from streaming.errors import DlqUnavailable, OnlineStoreUnavailable
@@ -132,6 +134,27 @@ class TableTimers:
 
 
 # --- reading and user features ---------------------------------------------------
+
+
+class Metronome(MapFunction):  # type: ignore[misc]
+    """Passes one tick per `1 / per_second` s, evenly, by sleeping in the source's own task.
+
+    Chained to the tick source, so ticks wait here, not in a network buffer: a checkpoint
+    barrier is never queued behind more than one tick. When it falls behind (a long GC,
+    a busy machine) it does not catch up in a burst.
+    """
+
+    def __init__(self, per_second: float) -> None:
+        self.interval_s = 1.0 / per_second
+        self._next = 0.0
+
+    def map(self, value: int) -> int:
+        now = time.monotonic()
+        if self._next > now:
+            time.sleep(self._next - now)
+            now = self._next
+        self._next = now + self.interval_s
+        return value
 
 
 class PartitionFanOut(KeyedProcessFunction):  # type: ignore[misc]
@@ -327,10 +350,13 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
     then write the user rows to Redis, emit the item batches and save the state.
     A checkpoint therefore never holds an offset past a refused record that is
     not on the DLQ, nor a schedule whose rows are not in Redis.
+    Declared views keyed by user_id (`declared`) are computed here too (streaming/declared.py).
     """
 
-    def __init__(self, settings: StreamSettings) -> None:
+    def __init__(self, settings: StreamSettings, declared: tuple[DeclaredView, ...] = ()) -> None:
         self.settings = settings
+        self.declared = tuple(view for view in declared if view.entity_key == "user_id")
+        self.all_declared = declared
 
     def open(self, runtime_context: RuntimeContext) -> None:
         # First, so a task that fails to open still counts as a restart.
@@ -343,6 +369,7 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
         self._schedule_store = runtime_context.get_map_state(
             MapStateDescriptor("user_schedules", Types.STRING(), bytes_type)
         )
+        self._declared_stores = declared_state(runtime_context, "user")
         settings = self.settings
         self._reader = KafkaPartitionReader(settings)
         self._catalog = Catalog(settings.catalog_path)
@@ -359,7 +386,7 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
         )
         self._dlq = DeadLetterSink(settings.kafka_config(), settings.dlq_topic, settings.topic)
         self._dlq.open()
-        self._writer = RowWriter(settings)
+        self._writer = RowWriter(settings, self.all_declared)
         self._clock = RowClock()
         self._timers = TableTimers()
         self._states: dict[int, PartitionState] = {}
@@ -383,11 +410,14 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
             )
             users = CachedObjects(self._user_store, UserFeatures.from_bytes, UserFeatures.empty, 1)
             table = EntityTable(USER_VIEW, users, self._schedule_store, self.settings.flush_interval_ms, self._clock)
-            state = self._states[partition] = PartitionState(meta, gates, users=table)
+            declared = declared_tables(self.declared, self._declared_stores, self.settings, self._clock)
+            state = self._states[partition] = PartitionState(meta, gates, users=table, declared=declared)
             # One cache budget per operator instance, split over the partitions it holds.
             share = max(1, self.settings.entity_cache_size // len(self._states))
             for held in self._states.values():
                 held.gates.capacity = held.users.aggregates.capacity = share
+                if held.declared is not None:
+                    held.declared.set_capacity(share)
         return state
 
     def process_element(self, poll: tuple[int, int, str], ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
@@ -447,7 +477,7 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
             self._saved_meta[partition] = saved
         if records or reset is not None:
             self._reader.report(partition, meta.next_offset)
-        self._timers.arm(partition, state.users.next_due_ms(), ctx)
+        self._timers.arm(partition, state.next_due_ms(), ctx)
 
     def _write_dead_letters(self, letters: list[DeadLetter]) -> None:
         """Write until every letter is confirmed; meanwhile this task reads nothing (backpressure)."""
@@ -479,9 +509,9 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
         partition = ctx.get_current_key()
         self._timers.fired(partition, timestamp)
         state = self._state_of(partition)
-        self._writer.write(state.users.due_rows(now_ms()))
-        state.users.save()
-        self._timers.arm(partition, state.users.next_due_ms(), ctx)
+        self._writer.write(state.due_rows(now_ms()))
+        state.save()
+        self._timers.arm(partition, state.next_due_ms(), ctx)
         return iter(())
 
     def close(self) -> None:
@@ -499,11 +529,13 @@ class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
     Idle items leave state like idle users, on a clock that is the *slowest*
     partition's clock this bucket has heard from (kept in state): a partition
     that runs behind may still carry events of an item, so only time every
-    partition has passed counts.
+    partition has passed counts. Declared views keyed by item_id are computed here too.
     """
 
-    def __init__(self, settings: StreamSettings) -> None:
+    def __init__(self, settings: StreamSettings, declared: tuple[DeclaredView, ...] = ()) -> None:
         self.settings = settings
+        self.declared = tuple(view for view in declared if view.entity_key == "item_id")
+        self.all_declared = declared
 
     def open(self, runtime_context: RuntimeContext) -> None:
         metrics.serve(self.settings.metrics_port, self.settings.metrics_bind_address)
@@ -514,7 +546,9 @@ class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
             MapStateDescriptor("item_schedules", Types.STRING(), bytes_type)
         )
         self._clocks = runtime_context.get_map_state(MapStateDescriptor("partition_clocks", Types.INT(), Types.LONG()))
-        self._writer = RowWriter(self.settings)
+        self._declared_stores = declared_state(runtime_context, "item")
+        self._declared: dict[int, DeclaredTables | None] = {}
+        self._writer = RowWriter(self.settings, self.all_declared)
         self._clock = RowClock()
         self._timers = TableTimers()
         self._tables: dict[int, EntityTable[ItemFeatures]] = {}
@@ -527,19 +561,26 @@ class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
             items = CachedObjects(self._item_store, ItemFeatures.from_bytes, ItemFeatures.empty, 1)
             table = EntityTable(ITEM_VIEW, items, self._schedule_store, self.settings.flush_interval_ms, self._clock)
             self._tables[bucket] = table
+            self._declared[bucket] = declared_tables(self.declared, self._declared_stores, self.settings, self._clock)
             self._partition_clocks[bucket] = dict(self._clocks.items())
             share = max(1, self.settings.entity_cache_size // len(self._tables))
             for held in self._tables.values():
                 held.aggregates.capacity = share
+            for tables in self._declared.values():
+                if tables is not None:
+                    tables.set_capacity(share)
         return table
 
     def process_element(self, batch: ItemBatch, ctx: KeyedProcessFunction.Context) -> Iterator[None]:
         table = self._table(batch.bucket)
+        declared = self._declared[batch.bucket]
         clock = now_ms()
         for values in batch.events:
             event = InteractionEvent(*values)
             table.aggregate(event.item_id).apply(event)
             table.changed(event.item_id, clock, event.event_time_ms)
+            if declared is not None:
+                declared.apply(event, clock)
         clocks = self._partition_clocks[batch.bucket]
         if batch.partition_clock_ms > clocks.get(batch.partition, 0):
             clocks[batch.partition] = batch.partition_clock_ms
@@ -547,6 +588,8 @@ class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
         if time.monotonic() - self._evicted_at.get(batch.bucket, 0.0) > 10 and clocks:
             self._evicted_at[batch.bucket] = time.monotonic()
             gone = table.evict(min(clocks.values()), EVICT_AFTER_MS)
+            if declared is not None:
+                declared.evict(min(clocks.values()), EVICT_AFTER_MS)
             if gone:
                 metrics.ENTITIES_EVICTED.labels(ITEM_VIEW).inc(len(gone))
             metrics.ENTITIES.labels(ITEM_VIEW).set(sum(len(t) for t in self._tables.values()))
@@ -562,9 +605,18 @@ class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
     def _emit(
         self, bucket: int, table: EntityTable[ItemFeatures], clock: int, ctx: KeyedProcessFunction.Context
     ) -> None:
-        self._writer.write(table.due_rows(clock))
+        declared = self._declared[bucket]
+        rows = table.due_rows(clock)
+        due = table.next_due_ms()
+        if declared is not None:
+            rows += declared.due_rows(clock)
+            declared_due = declared.next_due_ms()
+            due = declared_due if due is None else due if declared_due is None else min(due, declared_due)
+        self._writer.write(rows)
         table.save()
-        self._timers.arm(bucket, table.next_due_ms(), ctx)
+        if declared is not None:
+            declared.save()
+        self._timers.arm(bucket, due, ctx)
 
     def close(self) -> None:
         self._writer.close()
@@ -656,6 +708,35 @@ class Catalog:
         return len(self._categories)
 
 
+# --- declared views ----------------------------------------------------------------
+
+
+def declared_state(runtime_context: RuntimeContext, kind: str) -> tuple[Any, Any]:
+    """The two MapStates every declared view of an entity kind shares (entries prefixed by view name)."""
+    bytes_type = Types.PICKLED_BYTE_ARRAY()
+    return (
+        runtime_context.get_map_state(MapStateDescriptor(f"declared_{kind}s", Types.STRING(), bytes_type)),
+        runtime_context.get_map_state(MapStateDescriptor(f"declared_{kind}_schedules", Types.STRING(), bytes_type)),
+    )
+
+
+def declared_tables(
+    views: tuple[DeclaredView, ...], stores: tuple[Any, Any], settings: StreamSettings, clock: RowClock
+) -> DeclaredTables | None:
+    """The declared views of one Flink key (None when none is declared); logs what a changed view kept."""
+    if not views:
+        return None
+    tables = DeclaredTables(views, stores[0], stores[1], settings.flush_interval_ms, clock)
+    for change in tables.changes:
+        if change not in _CHANGES_LOGGED:  # every Flink key finds the same change: say it once
+            _CHANGES_LOGGED.add(change)
+            log.warning("%s", change)
+    return tables
+
+
+_CHANGES_LOGGED: set[str] = set()
+
+
 # --- writing -------------------------------------------------------------------
 
 
@@ -670,8 +751,8 @@ class RowWriter:
     takes writes again, nothing is dropped.
     """
 
-    def __init__(self, settings: StreamSettings) -> None:
-        self._sink = OnlineStoreSink(settings.redis_connection_string())
+    def __init__(self, settings: StreamSettings, declared: tuple[DeclaredView, ...] = ()) -> None:
+        self._sink = OnlineStoreSink(settings.redis_connection_string(), declared=declared)
         self._freshness = metrics.recent_freshness(settings.freshness_window_s)
         self._retry(self._sink.open)
 

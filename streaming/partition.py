@@ -42,6 +42,7 @@ from features.codec import EventCodec, SchemaLookupError
 from features.events import InteractionEvent, Rejection, validate
 from features.partitioning import LIBRDKAFKA_PARTITIONER, partition_for
 from features.user import UserFeatures
+from streaming.declared import DeclaredTables
 from streaming.entities import CachedObjects, EntityTable, FeatureRow
 
 MAX_REASON_BYTES = 1024
@@ -193,12 +194,28 @@ class PartitionState:
     meta: PartitionMeta
     gates: CachedObjects[AdmissionGate]
     users: EntityTable[UserFeatures]
+    # Declared views keyed by user_id (features/declared.py), fed the same admitted events.
+    declared: DeclaredTables | None = None
 
     def save(self) -> bytes:
         """Write gates and users to their stores; returns the meta bytes for the caller's value state."""
         self.gates.save(lambda gate: gate.to_bytes())
         self.users.save()
+        if self.declared is not None:
+            self.declared.save()
         return self.meta.to_bytes()
+
+    def next_due_ms(self) -> int | None:
+        """The earliest time a user row (built-in or declared) is owed."""
+        due = self.users.next_due_ms()
+        other = self.declared.next_due_ms() if self.declared is not None else None
+        return other if due is None else due if other is None else min(due, other)
+
+    def due_rows(self, now_ms: int) -> list[FeatureRow]:
+        rows = self.users.due_rows(now_ms)
+        if self.declared is not None:
+            rows += self.declared.due_rows(now_ms)
+        return rows
 
 
 @dataclass
@@ -240,7 +257,7 @@ class PartitionProcessor:
         result = PollResult()
         config = self.config
         meta = state.meta
-        gates, users = state.gates, state.users
+        gates, users, declared = state.gates, state.users, state.declared
         counts = {Admission.ADMITTED: 0, Admission.DUPLICATE: 0, Admission.LATE: 0}
         invalid = 0
         by_bucket = result.item_batches
@@ -289,6 +306,8 @@ class PartitionProcessor:
                         continue
                     users.aggregate(user_id).apply(event, self.category(event.item_id))
                     users.changed(user_id, now_ms, event.event_time_ms)
+                    if declared is not None:
+                        declared.apply(event, now_ms)
                     by_bucket.setdefault(item_bucket(event.item_id, config.item_buckets), []).append(
                         event_fields(event)
                     )
@@ -299,7 +318,7 @@ class PartitionProcessor:
         result.counts = {admission.value: count for admission, count in counts.items() if count}
         if invalid:
             result.counts["invalid"] = invalid
-        result.user_rows = users.due_rows(now_ms)
+        result.user_rows = state.due_rows(now_ms)
         result.evicted = self._evict(partition, state, now_ms)
         return result
 
@@ -311,6 +330,8 @@ class PartitionProcessor:
         gone = state.users.evict(state.meta.clock_ms, EVICT_AFTER_MS)
         if gone:
             state.gates.remove(gone)
+        if state.declared is not None:
+            state.declared.evict(state.meta.clock_ms, EVICT_AFTER_MS)
         return len(gone)
 
 

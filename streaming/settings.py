@@ -39,8 +39,20 @@ class StreamSettings(BaseSettings):
     )
     checkpoint_interval_ms: int = Field(2000, gt=0)
     parallelism: int = Field(1, gt=0, description="Parallelism of the readers and feature operators.")
+    task_managers: int = Field(
+        0,
+        ge=0,
+        description="0: run in a local mini-cluster inside `freshrank stream` (one JVM, one interpreter). N >= 1: "
+        "start a local standalone Flink cluster of a JobManager and N TaskManagers (one slot, one JVM and one "
+        "Python interpreter each) and run the job on it at parallelism N; TaskManager i serves /metrics on "
+        "metrics_port + i.",
+    )
+    cluster_dir: Path = Field(
+        Path(".freshrank/flink-cluster"),
+        description="Config, pid and temporary files of the local standalone cluster (task_managers >= 1).",
+    )
     ticks_per_second: int = Field(
-        50, gt=0, description="Rate of the tick source; each tick polls every partition once (adds up to 1/rate s)."
+        20, gt=0, description="Rate of the tick source; each tick polls every partition once (adds up to 1/rate s)."
     )
     max_records_per_poll: int = Field(2000, gt=0, description="Records one tick reads from one partition, at most.")
     item_buckets: int = Field(

@@ -15,9 +15,11 @@ from typing import Any
 from feature_repo.definitions import USER_VIEW
 from features.admission import AdmissionGate
 from features.codec import EventCodec
+from features.declared import DeclaredView
 from features.events import InteractionEvent
 from features.partitioning import partition_for
 from features.user import UserFeatures
+from streaming.declared import DeclaredTables
 from streaming.entities import CachedObjects, EntityTable, MemoryStore, RowClock
 from streaming.partition import PartitionMeta, PartitionState
 
@@ -62,6 +64,9 @@ class MemoryPartition:
     users: MemoryStore = field(default_factory=MemoryStore)
     schedules: MemoryStore = field(default_factory=MemoryStore)
     clock: RowClock = field(default_factory=RowClock)
+    declared_views: tuple[DeclaredView, ...] = ()
+    declared: MemoryStore = field(default_factory=MemoryStore)
+    declared_schedules: MemoryStore = field(default_factory=MemoryStore)
 
     def state(self) -> PartitionState:
         lateness = self.lateness_ms
@@ -74,7 +79,12 @@ class MemoryPartition:
         )
         users = CachedObjects(self.users, UserFeatures.from_bytes, UserFeatures.empty, self.cache_size)
         table = EntityTable(USER_VIEW, users, self.schedules, self.flush_interval_ms, self.clock)
-        return PartitionState(meta, gates, table)
+        declared = None
+        if self.declared_views:
+            declared = DeclaredTables(
+                self.declared_views, self.declared, self.declared_schedules, self.flush_interval_ms, self.clock
+            )
+        return PartitionState(meta, gates, table, declared)
 
     def save(self, state: PartitionState) -> None:
         self.meta = state.save()

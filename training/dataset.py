@@ -22,6 +22,9 @@ How a row is made:
    applied event has no online row, hence None (NaN columns), as in serving.
 5. Optionally a second replay, `stale_offset_ms` behind, gives the user features
    as the online store held them that long before each request (items stay live).
+6. Declared stream feature views (`features.declared`, read from the Feast registry),
+   when given, are replayed the same way into `declared_features`: each user or item
+   view's `DeclaredFeatures` holds the events before the request time, as of it.
 
 Event time is the clock: an event that was late in processing time but within the
 lateness bound counts from its event time, as the stream job's windows do.
@@ -40,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 
 from features.admission import admitted_events
+from features.declared import DeclaredFeatures, DeclaredView
 from features.definitions import HOUR_MS, MINUTE_MS, FeatureValue
 from features.events import EventType, InteractionEvent
 from features.item import ItemFeatures
@@ -102,6 +106,11 @@ class ImpressionDataset:
     """The user had no admitted event (no online feature row) before the request."""
     popularity: FloatArray
     """The popularity baseline's score: the item's clicks in the last 24 h as of the request."""
+    declared_features: Float32Array | None = None
+    """(n, len(declared_feature_names)): declared stream feature views as of the request (NaN: no row or
+    null), or None when none were asked for. Not a ranker input yet (see README, "Add a streaming feature")."""
+    declared_feature_names: tuple[str, ...] = ()
+    """"<view>:<feature>" per column of `declared_features`."""
 
     def __len__(self) -> int:
         return len(self.engaged)
@@ -110,7 +119,7 @@ class ImpressionDataset:
         taken: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            taken[f.name] = None if value is None else value[rows]
+            taken[f.name] = value if value is None or isinstance(value, tuple) else value[rows]
         return ImpressionDataset(**taken)
 
     def no_user_features(self) -> Float32Array:
@@ -174,13 +183,61 @@ class _Replay:
         return None if state is None else state.values(as_of_ms)
 
 
+class _DeclaredReplay:
+    """Declared views' per-entity state fed in event-time order up to (excluding) a moving time, as `_Replay`."""
+
+    def __init__(self, events: Sequence[InteractionEvent], views: Sequence[DeclaredView]) -> None:
+        self.events = events
+        self.views = tuple(views)
+        self.next = 0
+        self.states: list[dict[str, DeclaredFeatures]] = [{} for _ in self.views]
+        self.names = tuple(f"{view.name}:{name}" for view in self.views for name in view.feature_names)
+
+    def advance_to(self, time_ms: int) -> None:
+        events, i, n = self.events, self.next, len(self.events)
+        while i < n and events[i].event_time_ms < time_ms:
+            event = events[i]
+            for view, states in zip(self.views, self.states, strict=True):
+                if not view.admits(event):
+                    continue
+                key = event.user_id if view.entity_key == "user_id" else event.item_id
+                state = states.get(key)
+                if state is None:
+                    state = states[key] = DeclaredFeatures.empty(view)
+                state.apply(event)
+            i += 1
+        self.next = i
+
+    def rows(self, user_id: str, item_ids: Sequence[str], as_of_ms: int) -> Float32Array:
+        """One row per item: every declared feature as the online store held it at `as_of_ms` (NaN: none)."""
+        out = np.full((len(item_ids), len(self.names)), np.nan, dtype=np.float32)
+        column = 0
+        for view, states in zip(self.views, self.states, strict=True):
+            width = len(view.aggregations)
+            keys = [user_id] * len(item_ids) if view.entity_key == "user_id" else list(item_ids)
+            for row, key in enumerate(keys):
+                state = states.get(key)
+                if state is not None:
+                    values = state.values(as_of_ms)
+                    out[row, column : column + width] = [
+                        np.nan if (v := values[name]) is None else float(v)  # type: ignore[arg-type]
+                        for name in view.feature_names
+                    ]
+            column += width
+        return out
+
+
 def build_dataset(
     events: Iterable[InteractionEvent],
     catalog: Mapping[str, ItemMeta],
     config: DatasetConfig = DatasetConfig(),
     progress: Progress | None = None,
+    declared: Sequence[DeclaredView] = (),
 ) -> ImpressionDataset:
-    """Replay an event log (in log order) into point-in-time impression rows; see the module docstring."""
+    """Replay an event log (in log order) into point-in-time impression rows; see the module docstring.
+
+    `declared`: stream feature views declared in Feast (`features.declared`), replayed the same way
+    (events before the request time only) into `declared_features`."""
     admitted = list(admitted_events(events, config.lateness_ms))
     admitted.sort(key=attrgetter("event_time_ms"))  # stable: ties keep log order
 
@@ -224,6 +281,8 @@ def build_dataset(
     categories = {item_id: meta.category for item_id, meta in catalog.items() if meta.category}
     live = _Replay(admitted, categories, items=True)
     stale = _Replay(admitted, categories, items=False) if config.stale_offset_ms is not None else None
+    declared_replay = _DeclaredReplay(admitted, declared) if declared else None
+    x_declared = np.empty((len(impressions), len(declared_replay.names)), dtype=np.float32) if declared_replay else None
     n_features = len(RANKER_FEATURES)
     n_rows = len(impressions)
     x = np.empty((n_rows, n_features), dtype=np.float32)
@@ -246,6 +305,9 @@ def build_dataset(
         metas = [catalog.get(impressions[r].item_id) for r in rows]
         end = out + len(rows)
         x[out:end] = feature_matrix(user, items, metas, t)
+        if declared_replay is not None and x_declared is not None:
+            declared_replay.advance_to(t)
+            x_declared[out:end] = declared_replay.rows(first.user_id, [impressions[r].item_id for r in rows], t)
         if stale is not None and x_stale is not None and config.stale_offset_ms is not None:
             then = t - config.stale_offset_ms
             stale.advance_to(then)
@@ -275,6 +337,8 @@ def build_dataset(
         position=column([-1 if e.position is None else e.position for e in impressions], np.int64),  # type: ignore[arg-type]
         new_user=new_user,
         popularity=popularity,
+        declared_features=x_declared,
+        declared_feature_names=declared_replay.names if declared_replay is not None else (),
     )
 
 

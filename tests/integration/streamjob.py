@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from cli.stack import free_port, metrics_healthy
+from cli.stack import free_port, free_ports, metrics_healthy, scrape_all
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
 from feature_repo.store import open_store
 from features.admission import admitted_events
@@ -30,6 +29,7 @@ from features.item import replay_item
 from features.partitioning import partition_for
 from features.user import replay_user
 from sdk.publisher import wall_clock_ms
+from streaming.metrics import metrics_addresses
 from training.synthetic import SyntheticWorld, WorldConfig
 
 
@@ -59,7 +59,8 @@ class StreamJob:
 
         `settings` adds more variables: `lateness_ms="500"` sets FRESHRANK_STREAM_LATENESS_MS.
         """
-        port, ui_port = free_port(), free_port()
+        # On a local cluster TaskManager i serves /metrics on port + i: keep the whole block free.
+        port, ui_port = free_ports(max(1, int(settings.get("task_managers", "0")))), free_port()
         env = {
             "FRESHRANK_STREAM_BOOTSTRAP_SERVERS": bootstrap,
             "FRESHRANK_STREAM_TOPIC": topic,
@@ -76,6 +77,12 @@ class StreamJob:
         env.update({f"FRESHRANK_STREAM_{name.upper()}": value for name, value in settings.items()})
         return StreamJob(env, work_dir / "stream.log", port, f"http://127.0.0.1:{ui_port}")
 
+    @property
+    def metrics_addresses(self) -> list[str]:
+        """One /metrics per TaskManager on a local cluster (FRESHRANK_STREAM_TASK_MANAGERS), else the one."""
+        task_managers = int(self.env.get("FRESHRANK_STREAM_TASK_MANAGERS", "0"))
+        return metrics_addresses("127.0.0.1", self.metrics_port, task_managers)
+
     def start(self, timeout_s: float = 240.0) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -86,7 +93,7 @@ class StreamJob:
                 start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
-        while not metrics_healthy(f"127.0.0.1:{self.metrics_port}"):
+        while not metrics_healthy(self.metrics_addresses):
             assert self.process.poll() is None, f"stream job exited: {self.log_path.read_text()[-3000:]}"
             if time.monotonic() > deadline:
                 # Killed here: a job left running would outlive the test and fail a later one.
@@ -105,13 +112,12 @@ class StreamJob:
         logs = sorted((Path(self.env["FRESHRANK_STREAM_FLINK_LOG_DIR"])).glob("*.log"))
         return "".join(path.read_text(errors="replace") for path in logs)
 
-    def metric(self, name: str) -> float:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=3) as response:
-                text = response.read().decode()
-        except OSError:
+    def metric(self, name: str, address: str | None = None) -> float:
+        """Sum of the series starting with `name`, over every process of the job (or at `address` only)."""
+        series = scrape_all([address] if address else self.metrics_addresses, timeout_s=3)
+        if series is None:
             return math.nan
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+        return sum(value for key, value in series.items() if key.startswith(name))
 
 
 def produce_raw(

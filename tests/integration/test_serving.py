@@ -325,7 +325,11 @@ def test_a_corrupt_model_is_refused_and_the_old_model_keeps_serving(
     registry = tmp_path / "models"
     shutil.copytree(model_registry, registry)
     good = registry / "ranker" / "1"
-    with AppClient(create_app(settings_for(redis_server.address, registry, world, model_poll_s=0.2))) as client:
+    # A frozen clock: features age with time (windows, recency), and the scores compared below
+    # must differ only if the model does; the watcher polls on its own timer, not this clock.
+    now = wall_clock_ms()
+    settings = settings_for(redis_server.address, registry, world, model_poll_s=0.2)
+    with AppClient(create_app(settings, clock_ms=lambda: now)) as client:
         rank = {"user_id": world.users[0], "candidates": world.items[:30], "k": 5}
         before = client.post("/v1/rank", json=rank).json()
         assert before["model"]["version"] == 1

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections import namedtuple
 from typing import Any
 
-from bench.freshness import sustained
+import pytest
+
+from bench.freshness import machine_busy_cores, sustained
 
 
 def trial(lost: int = 0, p99: float = 400.0) -> dict[str, Any]:
@@ -16,3 +20,13 @@ def test_a_trial_is_sustained_only_if_it_lost_nothing_and_was_fresh() -> None:
     assert not sustained(trial(lost=1), 1000)
     assert not sustained(trial(p99=1000.0), 1000)
     assert not sustained(trial(p99=float("nan")), 1000)
+
+
+def test_machine_busy_cores_counts_every_core_and_leaves_guest_time_out() -> None:
+    Times = namedtuple("Times", "user nice system idle iowait guest guest_nice")
+    before = Times(100.0, 0.0, 20.0, 500.0, 5.0, 50.0, 0.0)
+    # 10 s of wall time on a machine of os.cpu_count() cores: 6 s busy (guest inside user), 4 s idle or waiting.
+    after = Times(104.0, 0.0, 22.0, 503.0, 6.0, 53.0, 0.0)
+    cores = os.cpu_count() or 1
+    assert machine_busy_cores(before, after) == pytest.approx(cores * 0.6)
+    assert machine_busy_cores(before, before) == 0.0

@@ -21,6 +21,7 @@ from cli.stack import (
     flink_detail,
     flink_problems,
     free_port,
+    free_ports,
     group_members,
     http_healthy,
     java_version,
@@ -191,3 +192,28 @@ def test_probes_of_a_port_held_by_something_that_is_not_http_say_unhealthy() -> 
     with py4j_like_server(connections=2) as address:
         assert http_healthy(address, timeout_s=2.0) is False
         assert scrape(address, timeout_s=2.0) is None
+
+
+def test_up_on_two_task_managers_with_the_second_metrics_port_taken_names_it(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        taken = sock.getsockname()[1]
+        ports = ["--broker-port", "0", "--redis-port", "0", "--flink-ui-port", "0", "--stream-port", str(taken - 1)]
+        result = runner.invoke(app, ["up", "--state-dir", str(tmp_path), "--task-managers", "2", *ports])
+    assert result.exit_code == 1
+    assert "metrics of TaskManager 1" in result.output and f"127.0.0.1:{taken}" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_stream_refuses_a_parallelism_other_than_its_task_managers() -> None:
+    result = runner.invoke(app, ["stream", "--task-managers", "2", "--parallelism", "3"])
+    assert result.exit_code == 1
+    assert "pass only --task-managers" in " ".join(result.output.split())
+
+
+def test_a_block_of_free_ports_is_consecutive_bindable_and_never_handed_out_again() -> None:
+    start = free_ports(3)
+    block = {start, start + 1, start + 2}
+    assert all(port_bindable("127.0.0.1", port) is None for port in block)
+    assert not block & {free_port() for _ in range(50)}

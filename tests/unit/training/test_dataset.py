@@ -136,3 +136,40 @@ def test_time_split_keeps_periods_apart_and_in_order(small_world: EventSource) -
         assert set(np.unique(ds.slate[mask])).isdisjoint(np.unique(ds.slate[~mask]))
     # Roughly 60/20/20 of the slates.
     assert 0.5 < len(np.unique(ds.slate[train])) / len(np.unique(ds.slate)) < 0.65
+
+
+def test_declared_views_are_replayed_point_in_time_like_the_stream_job() -> None:
+    from features.declared import AggregationSpec, DeclaredFeatures, DeclaredView
+    from features.definitions import WindowSpec
+
+    user_watch = DeclaredView(
+        "user_watch",
+        "user_id",
+        (AggregationSpec("sum_watch_ms_3h", "watch_ms", "sum", WindowSpec("3h", 3 * HOUR_MS, MINUTE_MS), "int64"),),
+    )
+    item_clicks = DeclaredView(
+        "item_clicks",
+        "item_id",
+        (AggregationSpec("max_pos", "position", "max", WindowSpec("1h", HOUR_MS, MINUTE_MS), "int64"),),
+        event_types=frozenset({"impression"}),
+    )
+    events = [*history(), ev("f1", EventType.VIEW, T + 1, "i-1", watch_ms=99_000)]  # after the request: not counted
+    ds = build_dataset(events, CATALOG, declared=[user_watch, item_clicks])
+    assert ds.declared_feature_names == ("user_watch:sum_watch_ms_3h", "item_clicks:max_pos")
+    at_t = (ds.request_time_ms == T) & (ds.user_id == "u-1")
+    assert ds.declared_features is not None
+    got = ds.declared_features[at_t]
+
+    def reference(view: DeclaredView, key: str) -> float:
+        state, seen = DeclaredFeatures.empty(view), False
+        for e in events:
+            entity = e.user_id if view.entity_key == "user_id" else e.item_id
+            if entity == key and e.event_time_ms < T and view.admits(e):
+                seen = state.apply(e) or seen
+        value = state.values(T)[view.feature_names[0]] if seen else None
+        return np.nan if value is None else float(value)  # type: ignore[arg-type]
+
+    want = [[reference(user_watch, "u-1"), reference(item_clicks, item)] for item in ("i-1", "i-2", "i-3")]
+    np.testing.assert_array_equal(got, np.asarray(want, dtype=np.float32))
+    assert got[0, 0] == 34_000 and np.isnan(got[1, 1]) and got[2, 1] == 0  # i-2 had no earlier impression
+    assert len(ds.take(np.flatnonzero(at_t)).declared_feature_names) == 2
