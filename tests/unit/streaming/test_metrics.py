@@ -53,7 +53,7 @@ def test_the_freshness_gauges_count_the_rows_of_every_writer(monkeypatch: pytest
     from streaming.settings import StreamSettings
 
     class Sink:
-        def __init__(self, address: str) -> None:
+        def __init__(self, address: str, declared: object = ()) -> None:
             pass
 
         def open(self) -> None:
