@@ -17,6 +17,8 @@ import json
 from collections.abc import Sequence
 from typing import Final
 
+import orjson
+
 KEY_PREFIX: Final = "freshrank:cand"
 MAX_CANDIDATES: Final = 500
 DEFAULT_TTL_S: Final = 24 * 3600
@@ -45,8 +47,10 @@ def decode_candidates(raw: bytes | str | None) -> list[str] | None:
     if raw is None:
         return None
     try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        # orjson: half the time of json.loads for 500 ids, on every feed request. It refuses what json
+        # would take from a foreign writer (invalid UTF-8, lone surrogates, NaN): such a list is corrupt.
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         return None
     # set(map(type, ...)) runs in C: a third of the time of all(isinstance(...)) for 500 ids.
     if not isinstance(value, list) or not set(map(type, value)) <= {str}:

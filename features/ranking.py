@@ -30,6 +30,7 @@ Pure: numpy only, no I/O, no clock (`now_ms` is a parameter), no model import.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -220,11 +221,13 @@ def feature_matrix_columns(
         raise ValueError(
             f"columns must be parallel: {n} ids, item block {item_block.shape}, {len(catalog)} catalog rows"
         )
-    out = np.full((n, len(RANKER_FEATURES)), np.nan, dtype=np.float64)
+    # Built in float32: every value is computed in float64 and rounded once on assignment, exactly as
+    # the float64 matrix cast at the end did, without a 2x larger matrix to fill and cast per request.
+    out = np.full((n, len(RANKER_FEATURES)), np.nan, dtype=np.float32)
     if n == 0:
-        return out.astype(np.float32)
+        return out
     if user is not None:
-        out[:, :_N_USER] = _numeric_rows([user], USER_RANKER_FEATURES)[0]
+        out[:, :_N_USER] = _numeric_rows([user], USER_RANKER_FEATURES)[0].astype(np.float32)
     out[:, _ITEM_START:_CATALOG_START] = item_block
     created = catalog.created_ms[:n]
     with np.errstate(invalid="ignore"):
@@ -232,11 +235,11 @@ def feature_matrix_columns(
     out[:, _CATALOG_START + 1] = catalog.duration_ms[:n] / SECOND_MS
     if user is not None:
         _cross(out, user, catalog, item_ids)
-    return out.astype(np.float32)
+    return out
 
 
 def _cross(
-    out: npt.NDArray[np.float64],
+    out: FloatMatrix,
     user: Mapping[str, FeatureValue | None],
     catalog: CatalogColumns,
     item_ids: Sequence[str],
@@ -262,7 +265,10 @@ def _cross(
         out[:, c + 1] = rank[codes]
     if last_items is not None:
         seen_rank = {item_id: float(position) for position, item_id in enumerate(last_items, 1)}
-        ranks = np.array([seen_rank.get(item_id, _ABSENT_SEEN_RANK) for item_id in item_ids], dtype=np.float64)
+        # map over dict.get with a repeated default: the loop over the candidates stays in C.
+        ranks = np.fromiter(
+            map(seen_rank.get, item_ids, itertools.repeat(_ABSENT_SEEN_RANK, n)), dtype=np.float64, count=n
+        )
         ranks[~catalog.known[:n]] = np.nan
         out[:, c + 2] = np.where(np.isnan(ranks), np.nan, (ranks < _ABSENT_SEEN_RANK).astype(np.float64))
         out[:, c + 3] = ranks

@@ -6,9 +6,11 @@ import asyncio
 import json
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.deps import AdminKey, ApiKey, Services, ServicesDep, check_api_key
 from serving.errors import EventsRejected, EventsUnavailable, InvalidRequest, MalformedBody
@@ -55,10 +57,11 @@ def _check_k(k: int | None, services: Services) -> int:
     return k
 
 
-def _response(result: RankResult) -> Response:
+def answer_body(result: RankResult) -> bytes:
     """The `RankResponse` JSON, written directly: FastAPI would re-validate the model and walk it with
     jsonable_encoder on every answer, for a body our own code just built. `RankResponse` stays the route's
-    documented model; a test checks each answer validates against it."""
+    documented model; a test checks each answer validates against it. orjson writes it in ~6 us (json:
+    ~45 us); it spells some floats differently (0.00007 for 7e-05), the same numbers."""
     model = (
         {"name": result.model_name, "version": result.model_version}
         if result.model_name is not None and result.model_version is not None
@@ -76,9 +79,11 @@ def _response(result: RankResult) -> Response:
         ],
         "degraded": result.degraded,
     }
-    # The separators and flags of Starlette's JSONResponse: the same bytes a client got before.
-    content = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-    return Response(content, media_type="application/json")
+    return orjson.dumps(body)
+
+
+def _response(result: RankResult) -> Response:
+    return Response(answer_body(result), media_type="application/json")
 
 
 @router.post("/v1/rank", response_model=RankResponse, responses=ERRORS, tags=["feed"])
@@ -106,9 +111,13 @@ async def rank(body: RankRequest, services: ServicesDep) -> Response:
     return _response(await services.ranker.rank(query))
 
 
-@router.get("/v1/feed/{user_id}", response_model=RankResponse, responses=ERRORS, tags=["feed"])
+FEED_ROUTE = "/v1/feed/{user_id}"
+USER_ID_MAX_LENGTH = 128
+
+
+@router.get(FEED_ROUTE, response_model=RankResponse, responses=ERRORS, tags=["feed"])
 async def feed(
-    user_id: Annotated[str, Path(min_length=1, max_length=128)],
+    user_id: Annotated[str, Path(min_length=1, max_length=USER_ID_MAX_LENGTH)],
     services: ServicesDep,
     k: Annotated[int | None, Query(ge=1)] = None,
     country: Annotated[str | None, Query(pattern=r"^[A-Z]{2}$")] = None,
@@ -118,6 +127,76 @@ async def feed(
         raise InvalidRequest("user_id must not be blank", [{"field": "user_id", "reason": "must not be blank"}])
     query = RankQuery(user_id=user_id, k=_check_k(k, services), country=country)
     return _response(await services.ranker.rank(query))
+
+
+_FEED_PREFIX = FEED_ROUTE.removesuffix("{user_id}")
+# The route FeedFastPath stands in for: metrics label requests by its template.
+_FEED_ROUTE_OBJECT = next(route for route in router.routes if getattr(route, "path", None) == FEED_ROUTE)
+_JSON_HEADERS = (b"content-type", b"application/json")
+
+
+def plain_feed_query(user_id: str, query_string: bytes, default_k: int, max_k: int) -> RankQuery | None:
+    """The feed route's query when the request is plainly valid, else None (the FastAPI route decides).
+
+    Plainly valid: a user id of 1-128 characters, not blank, without "/"; a query string of at most one
+    `k` (digits, no leading zero, 1..max_k) and one `country` (two letters A-Z), nothing else and no escapes.
+    Everything it returns the route would accept with the same values; anything else gets None.
+    """
+    if not 0 < len(user_id) <= USER_ID_MAX_LENGTH or "/" in user_id or not user_id.strip():
+        return None
+    k, country = default_k, None
+    if query_string:
+        if b"%" in query_string or b"+" in query_string:
+            return None
+        names: set[bytes] = set()
+        for part in query_string.split(b"&"):
+            name, _, value = part.partition(b"=")
+            if name in names:
+                return None
+            names.add(name)
+            if name == b"k" and value.isdigit() and len(value) <= 6 and not value.startswith(b"0"):
+                k = int(value)
+            elif name == b"country" and len(value) == 2 and value.isalpha() and value.isupper():
+                country = value.decode()
+            else:
+                return None
+        if k > max_k:
+            return None
+    return RankQuery(user_id=user_id, k=k, country=country)
+
+
+class FeedFastPath:
+    """GET /v1/feed/{user_id} for plainly valid requests, without FastAPI's routing and parameter solving.
+
+    FastAPI's router, its dependency and parameter solving, the exception and exit-stack layers and the
+    `Response` object were ~5 % of a feed request's instructions (callgrind, in process: 8.46 -> 8.00 M)
+    for a route with two query parameters. Requests `plain_feed_query` accepts are answered here with
+    the same ranker and the same body; every other request (an error to report, an unusual query, a
+    root path) goes on to the FastAPI route, which stays the reference: its validation, its errors, its
+    OpenAPI entry. Sits inside the API's own middleware (metrics, shedding, deadline), which see the
+    route's template as for any request; an exception reaches the app's 500 handler as from the route.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("root_path"):
+            path: str = scope["path"]
+            if path.startswith(_FEED_PREFIX):
+                services: Services = scope["app"].state.services
+                settings = services.settings
+                query = plain_feed_query(
+                    path[len(_FEED_PREFIX) :], scope["query_string"], settings.default_k, settings.max_k
+                )
+                if query is not None:
+                    scope["route"] = _FEED_ROUTE_OBJECT
+                    body = answer_body(await services.ranker.rank(query))
+                    headers = [_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        await self.app(scope, receive, send)
 
 
 @router.post(

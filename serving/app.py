@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from serving.api import admin, reload_all, router
+from serving.api import FeedFastPath, admin, reload_all, router
 from serving.deps import Services
 from serving.errors import InvalidRequest, MalformedBody, ServingError
 from serving.events import KafkaEventSink, MemoryEventSink, make_event_sink
@@ -223,8 +223,10 @@ def create_app(
             {"error": code, "message": str(error.detail)}, status_code=error.status_code, headers=error.headers
         )
 
-    # Innermost first. Our own body limit rather than FastAPI's max_body_size (413 in plain text); keys
-    # are checked before any body is read; shedding and the deadline wrap everything but the metrics.
+    # Innermost first. Plainly valid feed requests skip FastAPI's routing (FeedFastPath); our own body
+    # limit rather than FastAPI's max_body_size (413 in plain text); keys are checked before any body is
+    # read; shedding and the deadline wrap everything but the metrics.
+    app.add_middleware(FeedFastPath)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, settings=settings)
     app.add_middleware(

@@ -203,11 +203,17 @@ class ItemLookup:
     snapshot: ItemSnapshot
     not_yet_read: int = 0
     """Candidates the cache has not read yet (not counting items known to have no row in the store)."""
+    missing: bool = False
+    """Some candidate is not cached (`rows` holds a -1)."""
 
     def item_block(self) -> npt.NDArray[np.float32]:
-        out = np.full((len(self.rows), len(ITEM_COLUMNS)), np.nan, dtype=np.float32)
-        hit = self.rows >= 0
-        out[hit] = self.snapshot.block[self.rows[hit]]
+        block = self.snapshot.block
+        if not len(block):
+            return np.full((len(self.rows), len(ITEM_COLUMNS)), np.nan, dtype=np.float32)
+        # One gather; a -1 row read the last cached item and is blanked after (cheaper than a masked gather).
+        out = block[self.rows]
+        if self.missing:
+            out[self.rows < 0] = np.nan
         return out
 
     def catalog(self, catalog: Catalog, item_ids: Sequence[str]) -> CatalogColumns:
@@ -215,17 +221,16 @@ class ItemLookup:
         found at refresh time when it was built against this catalog and holds every candidate."""
         snapshot = self.snapshot
         index, columns = catalog.table
-        if snapshot.catalog_table is not catalog.table or snapshot.catalog_rows is None or (self.rows < 0).any():
+        if snapshot.catalog_table is not catalog.table or snapshot.catalog_rows is None or self.missing:
             return columns.take(_rows_of(index, item_ids))
         return columns.take(snapshot.catalog_rows[self.rows])
 
     def oldest_as_of_ms(self) -> float | None:
-        hit = self.rows[self.rows >= 0]
+        hit = self.rows[self.rows >= 0] if self.missing else self.rows
         if not len(hit):
             return None
-        values = self.snapshot.as_of_ms[hit]
-        values = values[~np.isnan(values)]
-        return float(values.min()) if len(values) else None
+        oldest = np.fmin.reduce(self.snapshot.as_of_ms[hit])  # fmin skips NaN (unknown as-of)
+        return None if np.isnan(oldest) else float(oldest)
 
 
 class ItemFeatureCache:
@@ -263,9 +268,10 @@ class ItemFeatureCache:
         n = len(item_ids)
         rows = np.fromiter(map(snapshot.index.get, item_ids, itertools.repeat(-1, n)), dtype=np.intp, count=n)
         not_yet_read = 0
-        if (rows < 0).any():
+        missing = bool((rows < 0).any())
+        if missing:
             not_yet_read = self._want([item_ids[i] for i in np.flatnonzero(rows < 0)])
-        return ItemLookup(rows, snapshot, not_yet_read)
+        return ItemLookup(rows, snapshot, not_yet_read, missing)
 
     def note_interest(self, item_ids: Sequence[str]) -> None:
         """Keep these items in future refreshes (candidates served from Redis lists)."""

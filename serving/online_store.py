@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
@@ -36,6 +36,15 @@ log = logging.getLogger("freshrank.serving.online_store")
 ITEM_BATCH = 500
 DECODE_SLICE = 32  # items decoded (~60 us each) between yields to the event loop during a refresh
 POPULAR_COUNTRY_PREFIX = popular_country_key("")
+
+
+def _bulk(value: bytes) -> bytes:
+    """One argument in Redis' wire format (RESP bulk string), as redis-py packs bytes arguments."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _command_head(arity: int, name: bytes) -> bytes:
+    return b"*%d\r\n" % arity + _bulk(name)
 
 
 class OnlineStoreError(Exception):
@@ -149,6 +158,10 @@ class RedisOnlineReader:
         )
         self.user_layout = FeastRedisLayout(config.feast_project, USER_VIEW, "user_id", USER_FEATURE_NAMES)
         self.item_layout = FeastRedisLayout(config.feast_project, ITEM_VIEW, "item_id", ITEM_FEATURE_NAMES)
+        # The user HMGET packed once but for its key: redis-py would encode its ~40 field names per request.
+        fields = [f if isinstance(f, bytes) else f.encode() for f in self.user_layout.fields]
+        self._user_hmget_head = _command_head(2 + len(fields), b"HMGET")
+        self._user_hmget_fields = b"".join(map(_bulk, fields))
         self._feast: Any = None
         self._feast_refs: list[str] = []
         self.on_corrupt: Callable[[str, str, str], None] = _log_corrupt
@@ -166,9 +179,7 @@ class RedisOnlineReader:
         if self._feast is not None:
             return await asyncio.to_thread(self._user_row_feast_sdk, user_id)
         try:
-            # redis-py's stubs say str keys and a sync-or-async result; Feast's keys are bytes.
-            reply = self._client.hmget(self.user_layout.key(user_id), self.user_layout.fields)  # type: ignore[arg-type]
-            raw = await cast(Awaitable[list[bytes | None]], reply)
+            (raw,) = await self._exchange(self._user_hmget(user_id), 1)
         except (redis.RedisError, OSError) as error:
             raise OnlineStoreError(f"user features: {type(error).__name__}: {error}") from error
         try:
@@ -176,6 +187,30 @@ class RedisOnlineReader:
         except CorruptRow as error:
             self.on_corrupt("user", user_id, str(error))
             raise
+
+    def _user_hmget(self, user_id: str) -> bytes:
+        return self._user_hmget_head + _bulk(self.user_layout.key(user_id)) + self._user_hmget_fields
+
+    async def _exchange(self, packed: bytes, replies: int) -> list[Any]:
+        """Send commands already in wire format on one pooled connection and read their `replies` replies.
+
+        What a redis-py pipeline does for the request path's reads, without its per-call machinery
+        (pipeline object, command stack, argument encoding, retry wrapper, reply callbacks): ~0.12 ms
+        less CPU per feed request (in process, local Redis: ~0.21 vs ~0.33 ms for the list and the
+        user row, decoding included). A connection whose exchange did not finish (an error reply, a
+        timeout, a cancel by the stage deadline) is closed, so no later read can take an unread reply
+        of this one for its own.
+        """
+        pool = self._client.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(packed)
+            return [await connection.read_response() for _ in range(replies)]
+        except BaseException:
+            await connection.disconnect(nowait=True)
+            raise
+        finally:
+            await pool.release(connection)
 
     def _user_row_feast_sdk(self, user_id: str) -> FeatureRow | None:
         try:
@@ -223,7 +258,7 @@ class RedisOnlineReader:
         return _candidates_or_raise(key, raw)
 
     async def feed_reads(self, user_id: str, candidates_key: str) -> FeedReads:
-        """GET of the list and HMGET of the user's hash in one pipeline: one send, one wait, one connection.
+        """GET of the list and HMGET of the user's hash in one exchange: one send, one wait, one connection.
 
         Two concurrent reads cost ~0.25 ms more CPU per request (a task, two connection checkouts, two
         socket writes and reads; measured in process against a local Redis, 0.62-0.68 vs 0.33-0.42 ms).
@@ -232,11 +267,9 @@ class RedisOnlineReader:
         if self._feast is not None:
             return await _concurrent_feed_reads(self, user_id, candidates_key)
         layout = self.user_layout
+        packed = _command_head(2, b"GET") + _bulk(candidates_key.encode()) + self._user_hmget(user_id)
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.get(candidates_key)
-                pipe.hmget(layout.key(user_id), layout.fields)  # type: ignore[arg-type]
-                raw_list, raw_user = await pipe.execute()
+            raw_list, raw_user = await self._exchange(packed, 2)
         except (redis.RedisError, OSError) as error:
             raise OnlineStoreError(f"candidates and user features: {type(error).__name__}: {error}") from error
         candidates: list[str] | None = None

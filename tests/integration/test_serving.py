@@ -272,6 +272,53 @@ def test_the_list_and_the_user_row_read_in_one_round_trip_degrade_apart(
         client.close()
 
 
+def test_a_read_cut_off_by_its_deadline_or_an_error_reply_never_hands_its_replies_to_the_next_read(
+    redis_server: Component, world: SeededWorld
+) -> None:
+    """The request path sends packed commands on pooled connections itself (`RedisOnlineReader._exchange`):
+    a connection left with unread replies would answer the next request with another user's row."""
+    import asyncio
+
+    import redis
+
+    from serving.online_store import OnlineStoreError, RedisOnlineReader
+
+    user_a, user_b = world.users[0], world.users[1]
+    host, _, port = redis_server.address.rpartition(":")
+    admin = redis.Redis(host=host, port=int(port))
+    admin.set(user_key(user_b), encode_candidates(world.items[5:9]))
+    admin.hset("freshrank:test:a-hash", "f", "v")
+    assert redis_server.process is not None
+
+    async def scenario() -> None:
+        reader = RedisOnlineReader(RedisOnlineStore(address=redis_server.address, max_connections=1))
+        try:
+            expected_b = await reader.feed_reads(user_b, user_key(user_b))
+            assert expected_b.user is not None and expected_b.candidates == world.items[5:9]
+            os.kill(redis_server.process.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+            try:
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.05):
+                        await reader.feed_reads(user_a, user_key(user_a))
+            finally:
+                os.kill(redis_server.process.pid, signal.SIGCONT)  # type: ignore[union-attr]
+            # One connection in the pool: the next read would get user A's replies if it were reused.
+            assert await reader.feed_reads(user_b, user_key(user_b)) == expected_b
+            # An error reply to the first command (GET of a hash) with the HMGET's reply still unread.
+            with pytest.raises(OnlineStoreError, match="WRONGTYPE"):
+                await reader.feed_reads(user_a, "freshrank:test:a-hash")
+            assert await reader.feed_reads(user_b, user_key(user_b)) == expected_b
+            assert await reader.user_row(user_b) == expected_b.user
+        finally:
+            await reader.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        admin.delete(user_key(user_b), "freshrank:test:a-hash")
+        admin.close()
+
+
 def test_a_corrupt_model_is_refused_and_the_old_model_keeps_serving(
     redis_server: Component, model_registry: Path, world: SeededWorld, tmp_path: Path
 ) -> None:

@@ -32,3 +32,11 @@ def test_missing_or_garbage_values_decode_to_none() -> None:
     assert decode_candidates(b'{"a": 1}') is None
     assert decode_candidates(b"[1, 2]") is None
     assert decode_candidates(b"\xff\xfe") is None
+    assert decode_candidates(b'["ok", "\xff"]') is None  # invalid UTF-8 inside a string
+    assert decode_candidates(b'["\\ud800"]') is None  # a lone surrogate is no text id
+
+
+def test_non_ascii_ids_round_trip() -> None:
+    ids = ["vidéo-1", "视频-2", "emoji-😀"]
+    assert decode_candidates(encode_candidates(ids)) == ids
+    assert decode_candidates(b'["caf\\u00e9"]') == ["café"]

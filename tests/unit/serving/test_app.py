@@ -6,13 +6,16 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
 
 from features.candidates import user_key
 from features.ranking import RANKER_FEATURES
+from serving.api import plain_feed_query
 from serving.online_store import InMemoryOnlineStore
+from serving.schemas import RankResponse
 from serving.testing import AppClient, write_linear_model
 from tests.factories import NOW_MS
 from tests.unit.serving.conftest import ITEMS
@@ -148,6 +151,67 @@ def test_malformed_rank_requests_are_422_naming_the_field(client: AppClient, bod
     error = response.json()
     assert error["error"] == "invalid_request" and error["message"]
     assert any(d["field"] == field for d in error["details"]), error
+
+
+@pytest.mark.parametrize(
+    ("url", "field"),
+    [
+        ("/v1/feed/u-1?k=0", "query.k"),
+        ("/v1/feed/u-1?k=-3", "query.k"),
+        ("/v1/feed/u-1?k=abc", "query.k"),
+        ("/v1/feed/u-1?k=", "query.k"),
+        ("/v1/feed/u-1?k=201", "k"),  # over max_k
+        ("/v1/feed/u-1?country=us", "query.country"),
+        ("/v1/feed/u-1?country=DEU", "query.country"),
+        ("/v1/feed/u-1?k=5&country=", "query.country"),
+        ("/v1/feed/" + "u" * 129, "path.user_id"),
+        ("/v1/feed/%20%20", "user_id"),
+    ],
+)
+def test_malformed_feed_requests_are_422_naming_the_field(client: AppClient, url: str, field: str) -> None:
+    # Valid feed requests are answered by FeedFastPath; anything else must still get the route's own errors.
+    response = client.get(url)
+    assert response.status_code == 422, response.text
+    error = response.json()
+    assert error["error"] == "invalid_request" and any(d["field"] == field for d in error["details"]), error
+
+
+@pytest.mark.parametrize(
+    ("url", "plain"),
+    [
+        ("/v1/feed/u-1", True),
+        ("/v1/feed/u-1?k=7", True),
+        ("/v1/feed/u-1?k=7&country=DE", True),
+        ("/v1/feed/new?country=DE&k=4", True),
+        ("/v1/feed/u-1?k=07", False),  # what the route accepts but the fast path leaves to it
+        ("/v1/feed/u-1?k=7&utm=x", False),
+        ("/v1/feed/u-1?k=7&k=7", False),
+        ("/v1/feed/u%2D1?k=7", True),  # the server decodes the path: the same user
+        ("/v1/feed/u-1?k=%37", False),
+        ("/v1/feed/new?country=DE&k=4&debug", False),
+    ],
+)
+def test_feed_answers_are_the_same_through_both_paths(client: AppClient, url: str, plain: bool) -> None:
+    """FeedFastPath answers plainly valid requests, FastAPI's route the rest: same status, same answer."""
+    path, _, query = url.partition("?")
+    user_id = unquote(path.removeprefix("/v1/feed/"))
+    assert (plain_feed_query(user_id, query.encode(), 20, 200) is not None) is plain
+    response = client.get(url)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    RankResponse.model_validate(body)
+    reference = client.get(url.replace("?", "?unknown=1&") if "?" in url else url + "?unknown=1").json()
+    assert plain_feed_query(user_id, b"unknown=1", 20, 200) is None  # the reference took FastAPI's route
+    for answer in (body, reference):
+        answer.pop("request_id")
+    assert body == reference
+
+
+def test_other_feed_paths_and_methods_are_left_to_the_router(client: AppClient) -> None:
+    assert client.get("/v1/feed/u-1/").status_code == 404
+    assert client.get("/v1/feed/").status_code == 404
+    assert client.post("/v1/feed/u-1").status_code == 405
 
 
 def test_not_json_is_400_and_too_large_is_413(client: AppClient) -> None:

@@ -6,7 +6,8 @@ metadata (the code training uses), the ONNX session run on it directly, and
 `choose_slate` fed with inputs built from the same dicts. The items, their order,
 positions and exploration flags must be identical and the scores equal to
 float32 precision, for users with and without rows, items missing from the
-store or the catalog, NaN-producing values and duplicate candidates.
+store or the catalog, NaN-producing values and duplicate candidates, through both the
+rank route (FastAPI) and the feed route (FeedFastPath, on the user's cached list).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from features.candidates import user_key
 from features.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA
 from features.ranking import ItemMeta, feature_matrix
 from serving.online_store import FeatureRow, InMemoryOnlineStore
@@ -92,14 +94,19 @@ def test_every_answer_equals_the_plain_recomputation(
         candidates = [str(c) for c in rng.choice(ITEMS + ["not-in-store", "not-anywhere"], 30, replace=False)]
         candidates += candidates[:3]  # duplicates are dropped, first occurrence kept
         k = int(rng.integers(5, 25))
-        response = client.post("/v1/rank", json={"user_id": user_id, "candidates": candidates, "k": k})
-        assert response.status_code == 200
-        body = response.json()
-        RankResponse.model_validate(body)  # the documented response model, though written without it
-        assert body["model"] == {"name": "ranker", "version": 2}
-        unique = list(dict.fromkeys(candidates))
-        expected = reference_answer(body, user, store, metas, session, unique, k)
-        served = [(i["item_id"], i["score"], i["explored"]) for i in body["items"]]
-        assert [(item, explored) for item, _, explored in served] == [(item, e) for item, _, e in expected]
-        np.testing.assert_allclose([s for _, s, _ in served], [s for _, s, _ in expected], rtol=1e-6, atol=1e-7)
-        assert [i["position"] for i in body["items"]] == list(range(len(served)))
+        # POST /v1/rank (FastAPI's route) and GET /v1/feed on the user's cached list (FeedFastPath).
+        store.lists[user_key(user_id)] = candidates
+        for response in (
+            client.post("/v1/rank", json={"user_id": user_id, "candidates": candidates, "k": k}),
+            client.get(f"/v1/feed/{user_id}?k={k}"),
+        ):
+            assert response.status_code == 200
+            body = response.json()
+            RankResponse.model_validate(body)  # the documented response model, though written without it
+            assert body["model"] == {"name": "ranker", "version": 2}
+            unique = list(dict.fromkeys(candidates))
+            expected = reference_answer(body, user, store, metas, session, unique, k)
+            served = [(i["item_id"], i["score"], i["explored"]) for i in body["items"]]
+            assert [(item, explored) for item, _, explored in served] == [(item, e) for item, _, e in expected]
+            np.testing.assert_allclose([s for _, s, _ in served], [s for _, s, _ in expected], rtol=1e-6, atol=1e-7)
+            assert [i["position"] for i in body["items"]] == list(range(len(served)))
