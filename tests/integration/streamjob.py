@@ -210,6 +210,19 @@ def wait_until(condition: Any, timeout_s: float, what: str) -> None:
         time.sleep(0.5)
 
 
+def wait_for_checkpointed_progress(job: StreamJob, checkpoints: Path, admitted: int, timeout_s: float) -> None:
+    """Until `job` has completed a checkpoint under `checkpoints` and admitted `admitted` events: a kill then
+    lands mid-stream with state to restore."""
+    wait_until(
+        lambda: (
+            bool(list(checkpoints.glob("*/chk-*/_metadata")))
+            and job.metric('freshrank_stream_events_total{outcome="admitted"}') >= admitted
+        ),
+        timeout_s,
+        "a checkpoint and progress before the kill",
+    )
+
+
 def online_rows(redis_address: str, registry: Path, view: str, ids: list[str]) -> dict[str, dict[str, Any]]:
     store = open_store(redis_address, registry)
     specs = USER_FEATURES if view == USER_VIEW else ITEM_FEATURES

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 
 from cli.stack import Component
 from feature_repo.declared import drafts_from_registry
-from feature_repo.store import REPO_PATH, feast_env, open_store
+from feature_repo.store import REPO_PATH, apply, open_store
 from features.declared import DeclaredView, replay_declared, validate_all
 from features.events import InteractionEvent
 from tests.integration.streamjob import (
@@ -32,6 +31,7 @@ from tests.integration.streamjob import (
     produce_raw,
     same,
     wait_exact,
+    wait_for_checkpointed_progress,
     with_resends_and_disorder,
     world_events,
 )
@@ -118,19 +118,6 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def feast_apply(repo: Path, redis_address: str, registry: Path) -> None:
-    feast = Path(sys.executable).with_name("feast")
-    done = subprocess.run(
-        [str(feast), "--chdir", str(repo), "apply"],
-        env={**os.environ, **feast_env(redis_address, registry)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
 @pytest.fixture
 def job(
     tmp_path: Path, bootstrap: str, redis_server: Component, fresh_topic: str, dlq_topic: str
@@ -188,7 +175,7 @@ def test_a_view_declared_with_feast_is_computed_by_the_stream_job_and_read_back_
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "watch_seconds_10m = sum(watch_ms) over 600 s in 60 buckets of 10 s" in checked.stdout
     registry = tmp_path / "registry.db"
-    feast_apply(repo, redis_server.address, registry)
+    apply(redis_server.address, registry, repo=repo)
     views, refused = validate_all(drafts_from_registry(open_store(redis_server.address, registry)), fresh_topic)
     assert refused == [] and [v.name for v in views] == ["item_clickers", "user_watch"]
 
@@ -212,7 +199,7 @@ def test_a_view_the_job_cannot_run_stops_it_at_start_with_view_field_and_reason(
     checked = cli("features", "check", "--repo", str(repo), "--topic", fresh_topic)
     assert checked.returncode == 1
     assert "user_watch: aggregation median_watch_ms_600s: unknown function 'median'" in checked.stdout
-    feast_apply(repo, redis_server.address, tmp_path / "registry.db")  # Feast itself accepts any function name
+    apply(redis_server.address, tmp_path / "registry.db", repo=repo)  # Feast itself accepts any function name
     done = subprocess.run(
         [sys.executable, "-m", "cli", "stream"],
         env={**os.environ, **job.env},
@@ -230,20 +217,14 @@ def test_declared_state_survives_a_sigkill_and_a_changed_view_keeps_what_it_can(
 ) -> None:
     repo = user_repo(tmp_path, fresh_topic, VIEWS, suffix="_restored")
     registry = tmp_path / "registry.db"
-    feast_apply(repo, redis_server.address, registry)
+    apply(redis_server.address, registry, repo=repo)
     views, _ = validate_all(drafts_from_registry(open_store(redis_server.address, registry)), fresh_topic)
     events, categories, world = world_events(3000, seed=13)
     write_catalog(world.catalog(), tmp_path / "catalog.parquet")
     log = with_resends_and_disorder(events, seed=13)
     produce_raw(bootstrap, fresh_topic, list(encoded(log[: len(log) // 2])))
     job.start()
-    deadline = time.monotonic() + 180
-    while (
-        not list((tmp_path / "checkpoints").glob("*/chk-*/_metadata"))
-        or job.metric('freshrank_stream_events_total{outcome="admitted"}') < len(log) // 8
-    ):
-        assert time.monotonic() < deadline, "no checkpoint / progress before the kill"
-        time.sleep(0.5)
+    wait_for_checkpointed_progress(job, tmp_path / "checkpoints", len(log) // 8, timeout_s=180)
     produce_raw(bootstrap, fresh_topic, list(encoded(log[len(log) // 2 :])))
     job.kill(signal.SIGKILL)
 
@@ -257,7 +238,7 @@ def test_declared_state_survives_a_sigkill_and_a_changed_view_keeps_what_it_can(
     )
     assert changed != VIEWS
     (repo / "team_features.py").write_text(changed.format(topic=fresh_topic, suffix="_restored"))
-    feast_apply(repo, redis_server.address, registry)
+    apply(redis_server.address, registry, repo=repo)
     job.start()
     by_user, by_item = expected_features(log, categories, LATENESS_MS)
     groups = {"user_id": dict(by_user), "item_id": dict(by_item)}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tests.integration.streamjob import (
     mismatches,
     produce_raw,
     wait_exact,
+    wait_for_checkpointed_progress,
     wait_until,
     with_resends_and_disorder,
     world_events,
@@ -136,13 +136,7 @@ def test_a_killed_cluster_job_resumes_from_its_checkpoint_losing_nothing_and_cou
 
     first = cluster_jobs()
     first.start(timeout_s=480)
-    deadline = time.monotonic() + 240
-    while (
-        not list((tmp_path / "checkpoints").glob("*/chk-*/_metadata"))
-        or first.metric('freshrank_stream_events_total{outcome="admitted"}') < len(log) // 8
-    ):
-        assert time.monotonic() < deadline, "no checkpoint / progress before the kill"
-        time.sleep(0.5)
+    wait_for_checkpointed_progress(first, tmp_path / "checkpoints", len(log) // 8, timeout_s=240)
     produce_raw(bootstrap, fresh_topic, list(encoded(log[len(log) // 2 :])))
     old = cluster_pids(tmp_path / "cluster", "*")
     first.kill(signal.SIGKILL)  # `freshrank stream`; its JobManager and TaskManagers get the parent-death signal

@@ -27,6 +27,7 @@ from tests.integration.streamjob import (
     produce_raw,
     read_topic,
     wait_exact,
+    wait_for_checkpointed_progress,
     with_resends_and_disorder,
     world_events,
 )
@@ -111,13 +112,7 @@ def test_sigkill_mid_stream_then_resume_loses_nothing_and_counts_nothing_twice(
 
     first = job_factory()
     first.start()
-    deadline = time.monotonic() + 180
-    while (
-        not list((tmp_path / "checkpoints").glob("*/chk-*/_metadata"))
-        or first.metric('freshrank_stream_events_total{outcome="admitted"}') < len(log) // 8
-    ):
-        assert time.monotonic() < deadline, "no checkpoint / progress before the kill"
-        time.sleep(0.5)
+    wait_for_checkpointed_progress(first, tmp_path / "checkpoints", len(log) // 8, timeout_s=180)
     produce_raw(bootstrap, fresh_topic, list(encoded(log[len(log) // 2 :])))
     first.kill(signal.SIGKILL)  # the whole process group: client, Python workers and the JVM
 
