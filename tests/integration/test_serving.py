@@ -272,6 +272,11 @@ def test_the_list_and_the_user_row_read_in_one_round_trip_degrade_apart(
         client.close()
 
 
+def resp(*parts: bytes) -> bytes:
+    """One command in Redis's wire format."""
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+
+
 def test_a_read_cut_off_by_its_deadline_or_an_error_reply_never_hands_its_replies_to_the_next_read(
     redis_server: Component, world: SeededWorld
 ) -> None:
@@ -308,6 +313,13 @@ def test_a_read_cut_off_by_its_deadline_or_an_error_reply_never_hands_its_replie
             with pytest.raises(OnlineStoreError, match="WRONGTYPE"):
                 await reader.feed_reads(user_a, "freshrank:test:a-hash")
             assert await reader.feed_reads(user_b, user_key(user_b)) == expected_b
+            # The same with the second reply still in flight when the error arrives: the pool's own
+            # check ("Connection has data") sees nothing to read yet, so only closing the connection
+            # keeps the late reply (BLPOP's nil, 0.3 s later) from being taken as user B's row.
+            slow_second = resp(b"GET", b"freshrank:test:a-hash") + resp(b"BLPOP", b"freshrank:test:no-list", b"0.3")
+            with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+                await reader._exchange(slow_second, 2)
+            assert await reader.user_row(user_b) == expected_b.user
             assert await reader.user_row(user_b) == expected_b.user
         finally:
             await reader.close()
