@@ -48,10 +48,10 @@ from features.events import InteractionEvent
 from features.item import replay_item
 from features.ranking import ItemMeta, feature_matrix
 from features.user import replay_user
+from registry.layout import load as load_registered
 from sdk.publisher import wall_clock_ms
 from streaming.entities import FeatureRow
 from streaming.online_store import OnlineStoreSink
-from training.registry import load as load_registered
 from training.synthetic import CatalogItem, SyntheticWorld, WorldConfig, write_catalog
 
 Log = Callable[[str], None]
@@ -135,9 +135,9 @@ def train_model(
     serving_trees: int | None = None,
 ) -> Path:
     """The project's ranker (`freshrank train` defaults: 3 h of a synthetic world), registered; returns its dir."""
+    from registry.layout import register
     from training.evaluate import run_experiment
     from training.ranker import TrainConfig
-    from training.registry import register
     from training.sources import synthetic_source
 
     source = synthetic_source(users=users, items=items, seconds=seconds, seed=seed)

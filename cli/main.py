@@ -752,10 +752,11 @@ def train(
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the test report here.")] = None,
 ) -> None:
     """Replay events into a point-in-time dataset, train the LightGBM ranker, export ONNX, check parity, register."""
+    from registry.errors import RegistryError
+    from registry.layout import register
     from training.errors import TrainingError
     from training.evaluate import run_experiment
     from training.ranker import TrainConfig
-    from training.registry import register
 
     try:
         with _progress() as progress:
@@ -769,7 +770,7 @@ def train(
             )
         report = experiment.report
         registered = register(registry, experiment.onnx, experiment.model_spec(source.name), name)
-    except TrainingError as error:
+    except (TrainingError, RegistryError) as error:
         raise fail(str(error)) from None
     _print_report(report)
     console.print(
@@ -806,11 +807,12 @@ def evaluate_command(
     ] = False,
 ) -> None:
     """Popularity vs ranker (live / stale user features / no user features) vs oracle on the test period."""
+    from registry.errors import RegistryError
+    from registry.layout import load
     from training.dataset import DatasetConfig, build_dataset
     from training.errors import TrainingError
     from training.evaluate import evaluate, run_experiment, split_dataset, targets
     from training.ranker import OnnxRanker
-    from training.registry import load
 
     try:
         with _progress() as progress:
@@ -833,7 +835,7 @@ def evaluate_command(
                 report = evaluate(scorer, test, source.truth)
                 report["targets"] = targets(report)
                 report["model"] = {"name": name, "version": model.metadata.version}
-    except TrainingError as error:
+    except (TrainingError, RegistryError) as error:
         raise fail(str(error)) from None
     report["dataset"] = source.name
     _print_report(report)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +131,13 @@ def test_deleting_the_newest_version_rolls_back(tmp_path: Path) -> None:
         child.unlink()
     newest.rmdir()
     assert models.scan().serving == 1
+
+
+def test_the_feed_api_never_imports_training() -> None:
+    # The API reads the registry format from registry/; training/ (LightGBM, datasets) is not its to import.
+    code = (
+        "import sys, serving.app, serving.models, serving.testing; "
+        "found = sorted(m for m in sys.modules if m == 'training' or m.startswith('training.')); "
+        "assert not found, found"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from features.ranking import RANKER_FEATURES
-from training.errors import FeatureMismatchError, RegistryError
-from training.registry import (
+from registry.errors import FeatureMismatchError, RegistryError
+from registry.layout import (
     ModelSpec,
     TrainingWindow,
     latest_version,
@@ -84,7 +84,7 @@ def test_load_refuses_a_model_whose_metadata_drifted(tmp_path: Path) -> None:
 
 def test_the_registry_does_not_import_model_libraries() -> None:
     code = (
-        "import sys, training.registry; "
+        "import sys, registry.layout; "
         "heavy = {'lightgbm', 'onnx', 'onnxmltools', 'onnxruntime', 'sklearn'} & set(sys.modules); "
         "assert not heavy, heavy"
     )
