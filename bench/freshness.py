@@ -28,6 +28,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from simulator.catalog import write_catalog
+from simulator.config import WorldConfig
+from simulator.world import SyntheticWorld
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
@@ -45,7 +48,6 @@ from cli.stack import (
 )
 from sdk.publisher import EventPublisher, publish_paced, wall_clock_ms
 from sdk.settings import KafkaSettings
-from training.synthetic import SyntheticWorld, WorldConfig, write_catalog
 
 
 def quantiles(samples_ms: list[float]) -> dict[str, float]:

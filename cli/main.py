@@ -333,7 +333,10 @@ def generate(
     from sdk.errors import SDKError
     from sdk.publisher import EventPublisher, publish_paced, wall_clock_ms
     from sdk.settings import KafkaSettings
-    from training.synthetic import SyntheticWorld, WorldConfig, write_catalog, write_ground_truth
+    from simulator.catalog import write_catalog
+    from simulator.config import WorldConfig
+    from simulator.truth import write_ground_truth
+    from simulator.world import SyntheticWorld
 
     settings = KafkaSettings(bootstrap_servers=resolve_bootstrap(bootstrap, state_dir))
     # Live worlds start a moment ahead, so building them does not make the first events late.

@@ -66,8 +66,9 @@ def synthetic_source(
     start_ms: int = DEFAULT_SYNTHETIC_START_MS,
     progress: Callable[[int], None] | None = None,
 ) -> EventSource:
-    """Generate a synthetic world (training/synthetic.py) in memory, with its ground truth."""
-    from training.synthetic import SyntheticWorld, WorldConfig
+    """Generate a synthetic world (simulator/) in memory, with its ground truth."""
+    from simulator.config import WorldConfig
+    from simulator.world import SyntheticWorld
 
     world = SyntheticWorld(
         WorldConfig(
@@ -85,10 +86,7 @@ def synthetic_source(
         events.append(event)
         if progress is not None and len(events) % 5000 == 0:
             progress(len(events))
-    catalog = {
-        item.item_id: ItemMeta(item.item_id, item.category, item.created_ms, item.duration_ms)
-        for item in world.catalog()
-    }
+    catalog = {item.item_id: item.meta for item in world.catalog()}
     table = world.ground_truth_table()
     truth = GroundTruth(
         event_ids=np.asarray(table["event_id"].to_pylist(), dtype=object),

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from simulator.catalog import write_catalog
+from simulator.config import WorldConfig
+from simulator.world import SyntheticWorld
 from streaming.operators import Catalog
-from training.synthetic import SyntheticWorld, WorldConfig, write_catalog
 
 
 def failures() -> float:

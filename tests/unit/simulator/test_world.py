@@ -9,17 +9,12 @@ from pathlib import Path
 import pytest
 
 from features.events import EventType, InteractionEvent, validate
-from training.synthetic import (
-    CLICK_DELAY_MAX_MS,
-    ENGAGED_WATCH_FRACTION,
-    MAX_DURATION_MS,
-    SyntheticWorld,
-    WorldConfig,
-    read_catalog,
-    read_ground_truth,
-    write_catalog,
-    write_ground_truth,
-)
+from simulator.behaviour import CLICK_DELAY_MAX_MS, ENGAGED_WATCH_FRACTION
+from simulator.catalog import read_catalog, write_catalog
+from simulator.config import WorldConfig
+from simulator.population import MAX_DURATION_MS
+from simulator.truth import read_ground_truth, write_ground_truth
+from simulator.world import SyntheticWorld
 
 START_MS = 1_750_000_000_000  # 2025-06-15, a fixed clock
 
@@ -231,7 +226,7 @@ def test_catalog_and_ground_truth_survive_a_parquet_round_trip(tmp_path: Path) -
     world, _ = generate(rate=1000.0, seconds=3.0)
     write_catalog(world.catalog(), tmp_path / "catalog.parquet")
     write_ground_truth(world.ground_truth, tmp_path / "truth" / "ground_truth.parquet")
-    assert read_catalog(tmp_path / "catalog.parquet") == world.catalog()
+    assert read_catalog(tmp_path / "catalog.parquet") == [item.meta for item in world.catalog()]
     assert read_ground_truth(tmp_path / "truth" / "ground_truth.parquet") == world.ground_truth
     assert world.ground_truth_table().num_rows == len(world.ground_truth)
 
