@@ -1,8 +1,9 @@
 """A synthetic feed world whose engagement probabilities are known, and the item catalog file it writes.
 
-`config` says what world to simulate, `world` draws it (users, a growing catalog) and plays the
-span out with `run` (sessions, slates, outcomes, feedback), following the user model in
-`behaviour`. `catalog` owns the catalog parquet (schema, writer, the one reader that the stream
+`config` says what world to simulate; `world` draws it (`population`: users, a growing catalog)
+and plays the span out with `run` (rate control, outcomes, feedback), which asks `sessions` who
+requests and `feed` what they are shown, and follows the user model in `behaviour`.
+`catalog` owns the catalog parquet (schema, writer, the one reader that the stream
 job, the feed API, training and the benchmarks use); `truth` holds the per-impression
 probabilities for evaluation.
 

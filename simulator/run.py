@@ -12,11 +12,7 @@ Outcomes that would fall after the span are not emitted (their impressions keep
 their ground truth), and the span starts cold: nothing follows from slates
 before start_ms.
 
-The feed that produces the slates mixes popular items (decayed click counts),
-items from categories the user currently likes, uniform random items and one
-fresh item, ordered by a noisy popularity score: a learned ranker has signal to
-beat popularity with, and position and popularity are confounded as in a real
-log.
+Who asks is `simulator.sessions`' business, what they are shown `simulator.feed`'s.
 """
 
 from __future__ import annotations
@@ -52,11 +48,7 @@ from simulator.behaviour import (
     LIKE_AFFINITY,
     LIKE_BIAS,
     LIKE_QUALITY,
-    MOOD_SD,
     REFERENCE_DURATION_MS,
-    SESSION_GAP_MEAN_MS,
-    SESSION_GAP_MIN_MS,
-    SESSION_MEAN_REQUESTS,
     SESSION_PACE_S,
     SHARE_AFFINITY,
     SHARE_BIAS,
@@ -72,8 +64,10 @@ from simulator.behaviour import (
     sigmoid,
 )
 from simulator.config import WorldConfig
-from simulator.population import POPULARITY_TAU_MS, Items, Users
+from simulator.feed import Feed
+from simulator.population import Items, Users
 from simulator.sampling import capped_exponential, uuids
+from simulator.sessions import Sessions
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
@@ -84,10 +78,6 @@ ObjectArray = npt.NDArray[np.object_]
 # the span if that is shorter); state that would change with every request in
 # reality (interest drift, popularity) is updated once per step.
 CHUNK_MS = 1000
-
-POPULAR_POOL = 50
-FRESH_WINDOW_MS = 3600 * 1000
-_PICK_TRIES = 8
 
 # Events per impression, a first guess for the rate controller; it learns the
 # real figure from the first step on.
@@ -223,27 +213,18 @@ class Run:
         self.rng = np.random.default_rng(seeds[0])
         self.id_rng = np.random.default_rng(seeds[1])
         self.drift: FloatArray = np.zeros((cfg.users, cfg.categories))
-        self.popularity: FloatArray = items.initial_popularity.copy()
+        self.feed = Feed(cfg, items)
         # Events per request before truncation at the end of the span, and a sample of
         # request-to-event delays; both from the latest step (first step: a guess).
         self.events_per_request = _EVENTS_PER_IMPRESSION_GUESS * cfg.slate_size
         self.delays: FloatArray | None = None
         nominal_requests_per_s = cfg.rate / self.events_per_request
-        self.slots = int(min(max(1, round(nominal_requests_per_s * SESSION_PACE_S)), max(1, cfg.users // 2)))
-        first = self.rng.choice(cfg.users, size=self.slots, replace=False, p=users.activity)
-        self.slot_user: list[int] = first.tolist()
-        self.active: BoolArray = np.zeros(cfg.users, dtype=bool)
-        self.active[first] = True
-        self.available_at: IntArray = np.full(cfg.users, cfg.start_ms - 1, dtype=np.int64)
-        self.drift[first] = self.rng.normal(0.0, MOOD_SD, (self.slots, cfg.categories))
+        slots = int(min(max(1, round(nominal_requests_per_s * SESSION_PACE_S)), max(1, cfg.users // 2)))
+        self.sessions = Sessions(cfg, users, slots, self.rng, self.drift)
         self.next_request = 0
         self.generated = 0
         self.pending: EventBatch | None = None
-        s = cfg.slate_size
-        self.examine: FloatArray = (1.0 + np.arange(s, dtype=np.float64)) ** -EXAMINATION_DECAY
-        self.n_popular = round(0.4 * s)
-        self.n_relevant = round(0.3 * s)
-        self.n_random = s - self.n_popular - self.n_relevant
+        self.examine: FloatArray = (1.0 + np.arange(cfg.slate_size, dtype=np.float64)) ** -EXAMINATION_DECAY
 
     def batches(self) -> Iterator[EventBatch]:
         """Event batches in time order, one per step; all events of a step come before the next one."""
@@ -285,103 +266,6 @@ class Run:
         survive = np.clip((self.cfg.end_ms - t0 - self.delays) / (t1 - t0), 0.0, 1.0)
         return max(self.events_per_request * float(survive.mean()), 1.0)
 
-    def _assign_users(self, times: IntArray) -> IntArray:
-        """Hand each request to a session slot; a slot whose session ends gets a new user."""
-        rng, cfg = self.rng, self.cfg
-        n = len(times)
-        slots = rng.integers(0, self.slots, n).tolist()
-        ends = (rng.random(n) < 1.0 / SESSION_MEAN_REQUESTS).tolist()
-        n_end = sum(ends)
-        rests = SESSION_GAP_MIN_MS + rng.exponential(SESSION_GAP_MEAN_MS - SESSION_GAP_MIN_MS, n_end)
-        gaps = rests.astype(np.int64).tolist()
-        candidates = np.searchsorted(self.users.activity_cdf, rng.random((n_end, _PICK_TRIES)), side="right")
-        candidates = np.minimum(candidates, cfg.users - 1).tolist()
-        moods = rng.normal(0.0, MOOD_SD, (n_end, cfg.categories))
-        users = [0] * n
-        slot_user, active, available_at = self.slot_user, self.active, self.available_at
-        ended = 0
-        time_list = times.tolist()
-        for j in range(n):
-            slot = slots[j]
-            user = slot_user[slot]
-            users[j] = user
-            if not ends[j]:
-                continue
-            now = time_list[j]
-            active[user] = False
-            available_at[user] = now + gaps[ended]
-            chosen = -1
-            for candidate in candidates[ended]:
-                if not active[candidate] and available_at[candidate] <= now:
-                    chosen = candidate
-                    break
-            if chosen < 0:
-                # Everybody likely is resting: the one who has rested longest comes back early.
-                chosen = int(np.argmin(np.where(active, np.iinfo(np.int64).max, available_at)))
-            active[chosen] = True
-            slot_user[slot] = chosen
-            self.drift[chosen] = moods[ended]
-            ended += 1
-        return np.asarray(users, dtype=np.int64)
-
-    def _popular_pool(self, t0: int) -> IntArray:
-        existing = int(np.searchsorted(self.items.created, t0, side="right"))
-        size = min(POPULAR_POOL, existing)
-        top = np.argpartition(-self.popularity[:existing], size - 1)[:size]
-        return top[np.argsort(-self.popularity[top], kind="stable")].astype(np.int64)
-
-    def _in_category(self, categories: IntArray, existing: IntArray) -> IntArray:
-        """A uniformly random existing item of each given category (a random item if it has none)."""
-        rng = self.rng
-        n_items = len(self.items.created)
-        keys = self.items.by_category_key
-        first = np.searchsorted(keys, categories * n_items)
-        count = np.searchsorted(keys, categories * n_items + existing) - first
-        offset = first + (rng.random(categories.shape) * count).astype(np.int64)
-        fallback = rng.integers(0, existing, categories.shape)
-        safe = np.where(count > 0, offset, 0)
-        return np.where(count > 0, self.items.by_category[safe], fallback).astype(np.int64)
-
-    def _slates(self, times: IntArray, affinity: FloatArray, t0: int) -> IntArray:
-        """Item indices, (requests, slate_size), in the order the simulated feed shows them."""
-        rng = self.rng
-        n, s = len(times), self.cfg.slate_size
-        created = self.items.created
-        existing = np.searchsorted(created, times, side="right").astype(np.int64)[:, None]
-        parts: list[IntArray] = []
-        if self.n_popular:
-            pool = self._popular_pool(t0)
-            pick = (len(pool) * rng.random((n, self.n_popular)) ** 2).astype(np.int64)
-            parts.append(pool[pick])
-        if self.n_relevant:
-            gumbel = rng.gumbel(size=(n, self.n_relevant, self.cfg.categories))
-            categories = np.argmax(affinity[:, None, :] + gumbel, axis=2).astype(np.int64)
-            parts.append(self._in_category(categories, existing))
-        n_uniform = self.n_random
-        if self.n_random >= 2:
-            # One exploration slot for items created within the last hour.
-            n_uniform -= 1
-            fresh_from = np.searchsorted(created, times - FRESH_WINDOW_MS).astype(np.int64)[:, None]
-            fresh = fresh_from + (rng.random((n, 1)) * (existing - fresh_from)).astype(np.int64)
-            parts.append(np.where(existing > fresh_from, fresh, rng.integers(0, existing, (n, 1))))
-        if n_uniform:
-            parts.append(rng.integers(0, existing, (n, n_uniform)))
-        slate = np.concatenate(parts, axis=1).astype(np.int64)
-        for _ in range(8):
-            order = np.argsort(slate, axis=1, kind="stable")
-            ordered = np.take_along_axis(slate, order, axis=1)
-            repeated = np.zeros(ordered.shape, dtype=bool)
-            repeated[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
-            if not repeated.any():
-                break
-            duplicate = np.zeros(slate.shape, dtype=bool)
-            np.put_along_axis(duplicate, order, repeated, axis=1)
-            rows = np.nonzero(duplicate)[0]
-            slate[duplicate] = rng.integers(0, existing[rows, 0])
-        # The logging policy: popular first, with plenty of noise.
-        score = 0.6 * np.log1p(self.popularity[slate]) + rng.gumbel(size=(n, s))
-        return np.take_along_axis(slate, np.argsort(-score, axis=1, kind="stable"), axis=1)
-
     def _step(self, t0: int, t1: int, n: int) -> EventBatch:
         """Generate n requests in [t0, t1) with everything that follows from them."""
         requests = self._requests(t0, t1, n)
@@ -396,9 +280,9 @@ class Run:
     def _requests(self, t0: int, t1: int, n: int) -> _Requests:
         """n request times in [t0, t1), the session user of each and the slate the feed shows them."""
         times = np.sort(self.rng.integers(t0, t1, n)).astype(np.int64)
-        users = self._assign_users(times)
+        users = self.sessions.assign(self.rng, times, self.drift)
         affinity = self.users.affinity[users] + self.drift[users]
-        slate = self._slates(times, affinity, t0)
+        slate = self.feed.slates(self.rng, times, affinity, t0)
         return _Requests(times, users, affinity, slate, uuids(self.id_rng, n))
 
     def _chances(self, requests: _Requests) -> _Chances:
@@ -540,8 +424,7 @@ class Run:
     def _feed_back(self, t0: int, t1: int, requests: _Requests, chances: _Chances, outcomes: _Outcomes) -> None:
         """Feedback into the world: clicked items get popular, interests follow clicks."""
         users, clicked = requests.users, outcomes.clicked
-        self.popularity *= math.exp(-(t1 - t0) / POPULARITY_TAU_MS)
-        self.popularity += np.bincount(requests.slate[clicked], minlength=len(self.popularity))
+        self.feed.learn(t0, t1, requests.slate, clicked)
         self.drift[users] = self.drift[users] * DRIFT_DECAY + self.rng.normal(
             0.0, DRIFT_SD, (len(users), self.cfg.categories)
         )
