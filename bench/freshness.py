@@ -45,7 +45,9 @@ from cli.stack import (
 )
 from sdk.publisher import EventPublisher, publish_paced, wall_clock_ms
 from sdk.settings import KafkaSettings
-from training.synthetic import SyntheticWorld, WorldConfig, write_catalog
+from simulator.catalog import read_catalog, write_catalog
+from simulator.config import WorldConfig
+from simulator.world import SyntheticWorld
 
 
 def quantiles(samples_ms: list[float]) -> dict[str, float]:
@@ -301,7 +303,6 @@ def run_freshrank(
 def baseline_loop(bootstrap: str, topic: str, redis_address: str, registry: str, catalog: str, out: str) -> None:
     """What a Feast user writes without a stream engine: poll, aggregate in memory, `store.push` per batch."""
     import pandas as pd
-    import pyarrow.parquet as pq
     from confluent_kafka import Consumer, TopicPartition
     from feast.data_source import PushMode
 
@@ -314,8 +315,7 @@ def baseline_loop(bootstrap: str, topic: str, redis_address: str, registry: str,
     from features.user import UserFeatures
 
     store = open_store(redis_address, registry)
-    table = pq.read_table(catalog, columns=["item_id", "category"])
-    categories = dict(zip(table["item_id"].to_pylist(), table["category"].to_pylist(), strict=True))
+    categories = {item.item_id: item.category for item in read_catalog(Path(catalog))}
     codec = EventCodec()
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-baseline", "enable.auto.commit": False})
     consumer.assign([TopicPartition(topic, p, 0) for p in range(8)])

@@ -46,13 +46,15 @@ from features.candidates import encode_candidates, popular_global_key, user_key
 from features.definitions import ITEM_FEATURE_NAMES, USER_FEATURE_NAMES
 from features.events import InteractionEvent
 from features.item import replay_item
-from features.ranking import ItemMeta, feature_matrix
+from features.ranking import feature_matrix
 from features.user import replay_user
+from registry.layout import load as load_registered
 from sdk.publisher import wall_clock_ms
+from simulator.catalog import CatalogItem, write_catalog
+from simulator.config import WorldConfig
+from simulator.world import SyntheticWorld
 from streaming.entities import FeatureRow
 from streaming.online_store import OnlineStoreSink
-from training.registry import load as load_registered
-from training.synthetic import CatalogItem, SyntheticWorld, WorldConfig, write_catalog
 
 Log = Callable[[str], None]
 
@@ -135,9 +137,9 @@ def train_model(
     serving_trees: int | None = None,
 ) -> Path:
     """The project's ranker (`freshrank train` defaults: 3 h of a synthetic world), registered; returns its dir."""
+    from registry.layout import register
     from training.evaluate import run_experiment
     from training.ranker import TrainConfig
-    from training.registry import register
     from training.sources import synthetic_source
 
     source = synthetic_source(users=users, items=items, seconds=seconds, seed=seed)
@@ -238,9 +240,7 @@ def run_baseline(
 
     store = open_store(redis_address, feast_registry)
     model = load_model(model_dir)
-    metas = {
-        item.item_id: ItemMeta(item.item_id, item.category, item.created_ms, item.duration_ms) for item in world.catalog
-    }
+    metas = {item.item_id: item.meta for item in world.catalog}
     user_refs = [f"{USER_VIEW}:{name}" for name in (*USER_FEATURE_NAMES, AS_OF_FIELD)]
     item_refs = [f"{ITEM_VIEW}:{name}" for name in (*ITEM_FEATURE_NAMES, AS_OF_FIELD)]
     rng = random.Random(2)

@@ -333,7 +333,10 @@ def generate(
     from sdk.errors import SDKError
     from sdk.publisher import EventPublisher, publish_paced, wall_clock_ms
     from sdk.settings import KafkaSettings
-    from training.synthetic import SyntheticWorld, WorldConfig, write_catalog, write_ground_truth
+    from simulator.catalog import write_catalog
+    from simulator.config import WorldConfig
+    from simulator.truth import write_ground_truth
+    from simulator.world import SyntheticWorld
 
     settings = KafkaSettings(bootstrap_servers=resolve_bootstrap(bootstrap, state_dir))
     # Live worlds start a moment ahead, so building them does not make the first events late.
@@ -752,10 +755,11 @@ def train(
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the test report here.")] = None,
 ) -> None:
     """Replay events into a point-in-time dataset, train the LightGBM ranker, export ONNX, check parity, register."""
+    from registry.errors import RegistryError
+    from registry.layout import register
     from training.errors import TrainingError
     from training.evaluate import run_experiment
     from training.ranker import TrainConfig
-    from training.registry import register
 
     try:
         with _progress() as progress:
@@ -769,7 +773,7 @@ def train(
             )
         report = experiment.report
         registered = register(registry, experiment.onnx, experiment.model_spec(source.name), name)
-    except TrainingError as error:
+    except (TrainingError, RegistryError) as error:
         raise fail(str(error)) from None
     _print_report(report)
     console.print(
@@ -806,11 +810,12 @@ def evaluate_command(
     ] = False,
 ) -> None:
     """Popularity vs ranker (live / stale user features / no user features) vs oracle on the test period."""
+    from registry.errors import RegistryError
+    from registry.layout import load
     from training.dataset import DatasetConfig, build_dataset
     from training.errors import TrainingError
     from training.evaluate import evaluate, run_experiment, split_dataset, targets
     from training.ranker import OnnxRanker
-    from training.registry import load
 
     try:
         with _progress() as progress:
@@ -833,7 +838,7 @@ def evaluate_command(
                 report = evaluate(scorer, test, source.truth)
                 report["targets"] = targets(report)
                 report["model"] = {"name": name, "version": model.metadata.version}
-    except TrainingError as error:
+    except (TrainingError, RegistryError) as error:
         raise fail(str(error)) from None
     report["dataset"] = source.name
     _print_report(report)

@@ -1,7 +1,7 @@
 """What the API knows about items without asking anything on the request path.
 
 `Catalog`: batch item metadata (category, created_ms, duration_ms) from the
-catalog parquet, reloaded when the file changes.
+catalog parquet (read by `simulator.catalog.read_catalog`), reloaded when the file changes.
 
 `ItemFeatureCache`: the items' live features, refreshed in the background from
 the online store (items may be up to an hour stale by contract). It holds them
@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow.parquet as pq
 
 from features.ranking import ITEM_RANKER_FEATURES, RANKER_FEATURES, CatalogColumns, ItemMeta, item_columns
 from serving.metrics import ServingMetrics
 from serving.online_store import FeatureRow, InMemoryOnlineStore, OnlineStoreError, RedisOnlineReader
+from simulator.catalog import read_catalog
 
 log = logging.getLogger("freshrank.serving.items")
 
@@ -110,21 +110,12 @@ class Catalog:
         if stamp == self._stamp:
             return False
         try:
-            table = pq.read_table(self.path, columns=["item_id", "category", "created_ms", "duration_ms"])
-        except Exception as error:  # pyarrow raises several types for a torn or foreign file
+            metas = read_catalog(self.path)
+        except Exception as error:  # CatalogError, or whatever else pyarrow raises for a torn or foreign file
             self.error = f"{self.path}: {error}"
             log.warning("catalog not reloaded: %s", self.error)
             return False
-        columns = table.to_pydict()
-        self.load(
-            [
-                ItemMeta(item_id, category, created, duration)
-                for item_id, category, created, duration in zip(
-                    columns["item_id"], columns["category"], columns["created_ms"], columns["duration_ms"], strict=True
-                )
-                if item_id is not None
-            ]
-        )
+        self.load(metas)
         self._stamp = stamp
         self.error = None
         log.info("catalog loaded: %d items from %s", len(self._metas), self.path)

@@ -26,9 +26,9 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from features.ranking import RANKER_FEATURES
+from registry.errors import RegistryError
+from registry.layout import METADATA_FILE, MODEL_FILE, check_features, list_versions, read_metadata
 from serving.errors import ModelRejected
-from training.errors import RegistryError
-from training.registry import METADATA_FILE, MODEL_FILE, check_features, list_versions, read_metadata
 
 log = logging.getLogger("freshrank.serving.models")
 

@@ -23,7 +23,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from features.ranking import RANKER_FEATURES
-from training.registry import ModelMetadata, ModelSpec, TrainingWindow
+from registry.layout import ModelMetadata, ModelSpec, TrainingWindow
 
 if TYPE_CHECKING:
     import httpx  # a dev dependency: only AppClient needs it
@@ -67,7 +67,7 @@ def linear_scores(matrix: npt.NDArray[np.float32], weights: Sequence[float], bia
 
 
 def write_metadata(version_dir: Path, name: str, version: int, feature_names: Sequence[str] = RANKER_FEATURES) -> None:
-    """metadata.json as the registry writes it (training.registry.ModelMetadata)."""
+    """metadata.json as the registry writes it (registry.layout.ModelMetadata)."""
     spec = ModelSpec(
         feature_names=tuple(feature_names),
         input_name=INPUT_NAME,

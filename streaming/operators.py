@@ -372,7 +372,7 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
         self._declared_stores = declared_state(runtime_context, "user")
         settings = self.settings
         self._reader = KafkaPartitionReader(settings)
-        self._catalog = Catalog(settings.catalog_path)
+        self._catalog = ItemCategories(settings.catalog_path)
         self._processor = PartitionProcessor(
             ProcessorConfig(
                 lateness_ms=settings.lateness_ms,
@@ -633,16 +633,15 @@ def parquet_problem(data: bytes) -> str | None:
 
 
 _READ_CATEGORIES = """
-import json, sys
-import pyarrow.parquet as pq
-table = pq.read_table(sys.argv[1], columns=["item_id", "category"])
-pairs = zip(table["item_id"].to_pylist(), table["category"].to_pylist(), strict=True)
-json.dump({str(k): v for k, v in pairs if k is not None and isinstance(v, str)}, sys.stdout)
+import json, pathlib, sys
+from simulator.catalog import read_catalog
+items = read_catalog(pathlib.Path(sys.argv[1]))
+json.dump({item.item_id: item.category for item in items if isinstance(item.category, str)}, sys.stdout)
 """
 
 
 def read_categories(path: Path, timeout_s: float = 60.0) -> dict[str, str]:
-    """item_id -> category of a catalog parquet, read by pyarrow in a child process.
+    """item_id -> category of a catalog parquet, read by `simulator.catalog.read_catalog` in a child process.
 
     Not in the operator's own interpreter: there pyarrow's reader hung for good (seen
     twice in the reliability suite, py-spy showing the thread idle inside
@@ -660,7 +659,7 @@ def read_categories(path: Path, timeout_s: float = 60.0) -> dict[str, str]:
     return categories
 
 
-class Catalog:
+class ItemCategories:
     """item_id -> category from the batch item catalog (parquet), reloaded when the file changes.
 
     A reload that fails (a file half-written by a writer that does not rename, a

@@ -1,8 +1,11 @@
-"""Small builders of valid events for tests."""
+"""Small builders of valid events for tests, and a check of what a module import pulls in."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 from typing import Any
 
 from features.events import EventType, InteractionEvent
@@ -35,3 +38,13 @@ def avro_string_length(length: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def top_level_packages_imported_by(*modules: str) -> set[str]:
+    """The top-level packages that importing `modules` loads, in a fresh interpreter (not this test process)."""
+    code = (
+        f"import json, sys; import {', '.join(modules)}; "
+        "json.dump(sorted({m.partition('.')[0] for m in sys.modules}), sys.stdout)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(json.loads(done.stdout))

@@ -7,14 +7,6 @@ class TrainingError(Exception):
     """Root of every error training/ raises on purpose."""
 
 
-class RegistryError(TrainingError):
-    """The model registry directory or a model in it is unusable."""
-
-
-class FeatureMismatchError(RegistryError):
-    """A model's feature list is not the ranker's input layout (features.ranking.RANKER_FEATURES)."""
-
-
 class ParityError(TrainingError):
     """The exported ONNX model does not reproduce LightGBM's predictions closely enough."""
 

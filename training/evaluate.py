@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from features.ranking import RANKER_FEATURES
+from registry.layout import ModelSpec, TrainingWindow
 from training.dataset import DatasetConfig, ImpressionDataset, TimeSplit, build_dataset, time_split
 from training.metrics import auc, log_loss, ndcg_at_k, rounded
 from training.ranker import (
@@ -40,7 +41,6 @@ from training.ranker import (
     first_trees,
     train_ranker,
 )
-from training.registry import ModelSpec, TrainingWindow
 from training.sources import EventSource, GroundTruth
 
 SCORERS = ("popularity", "ranker_live", "ranker_stale", "ranker_no_user", "oracle")

@@ -38,14 +38,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from features.events import MIN_EVENT_TIME_MS, EventType, InteractionEvent
 from features.ranking import ItemMeta
+from simulator.catalog import write_catalog
 from training.errors import SourceError
 from training.eventlog import read_events, write_events
-from training.sources import EventSource, read_catalog
+from training.sources import EventSource, catalog_by_id
 
 RECBOLE_VERSION: Final = "1.2.1"
 RECBOLE_WHEEL: Final = f"recbole-{RECBOLE_VERSION}-py3-none-any.whl"
@@ -57,9 +55,6 @@ DEFAULT_CACHE_DIR: Final = Path(".freshrank/datasets")
 SLATE_SIZE: Final = 10
 SLATE_SPAN_MS: Final = 5 * 60 * 1000
 ENGAGED_RATING: Final = 4.0
-CATALOG_SCHEMA: Final = pa.schema(
-    [("item_id", pa.string()), ("category", pa.string()), ("created_ms", pa.int64()), ("duration_ms", pa.int64())]
-)
 
 
 def _sha256(path: Path) -> str:
@@ -202,17 +197,10 @@ def fetch_ml100k(cache_dir: Path = DEFAULT_CACHE_DIR, pip: Sequence[str] | None 
     extract_files(wheel, out)
     events, catalog = convert(out)
     write_events(events, out / "events.parquet")
-    table = pa.Table.from_pylist(
-        [
-            {"item_id": m.item_id, "category": m.category, "created_ms": m.created_ms, "duration_ms": m.duration_ms}
-            for m in catalog.values()
-        ],
-        schema=CATALOG_SCHEMA,
-    )
-    pq.write_table(table, out / "catalog.parquet")
+    write_catalog(catalog.values(), out / "catalog.parquet")
     return out
 
 
 def ml100k_source(cache_dir: Path = DEFAULT_CACHE_DIR) -> EventSource:
     out = fetch_ml100k(cache_dir)
-    return EventSource("ml-100k", list(read_events(out / "events.parquet")), read_catalog(out / "catalog.parquet"))
+    return EventSource("ml-100k", list(read_events(out / "events.parquet")), catalog_by_id(out / "catalog.parquet"))

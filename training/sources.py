@@ -13,11 +13,11 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from features.events import InteractionEvent
 from features.ranking import ItemMeta
+from simulator.catalog import read_catalog
+from simulator.errors import CatalogError
 from training.errors import SourceError
 from training.eventlog import ReadStats, read_events, read_topic
 
@@ -66,8 +66,9 @@ def synthetic_source(
     start_ms: int = DEFAULT_SYNTHETIC_START_MS,
     progress: Callable[[int], None] | None = None,
 ) -> EventSource:
-    """Generate a synthetic world (training/synthetic.py) in memory, with its ground truth."""
-    from training.synthetic import SyntheticWorld, WorldConfig
+    """Generate a synthetic world (simulator/) in memory, with its ground truth."""
+    from simulator.config import WorldConfig
+    from simulator.world import SyntheticWorld
 
     world = SyntheticWorld(
         WorldConfig(
@@ -85,10 +86,7 @@ def synthetic_source(
         events.append(event)
         if progress is not None and len(events) % 5000 == 0:
             progress(len(events))
-    catalog = {
-        item.item_id: ItemMeta(item.item_id, item.category, item.created_ms, item.duration_ms)
-        for item in world.catalog()
-    }
+    catalog = {item.item_id: item.meta for item in world.catalog()}
     table = world.ground_truth_table()
     truth = GroundTruth(
         event_ids=np.asarray(table["event_id"].to_pylist(), dtype=object),
@@ -98,25 +96,12 @@ def synthetic_source(
     return EventSource(f"synthetic(seed={seed})", events, catalog, truth)
 
 
-def read_catalog(path: Path) -> dict[str, ItemMeta]:
-    """item_id -> ItemMeta from a catalog parquet (`freshrank generate` writes one); only item_id is required."""
+def catalog_by_id(path: Path) -> dict[str, ItemMeta]:
+    """item_id -> ItemMeta from a catalog parquet (simulator.catalog.read_catalog), a SourceError if unreadable."""
     try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as error:
-        raise SourceError(f"cannot read the catalog {path}: {error}") from None
-    if "item_id" not in table.column_names:
-        raise SourceError(f"catalog {path} has no item_id column")
-    n = table.num_rows
-
-    def column(name: str) -> list[object]:
-        return table[name].to_pylist() if name in table.column_names else [None] * n
-
-    return {
-        str(item_id): ItemMeta(str(item_id), category, created, duration)  # type: ignore[arg-type]
-        for item_id, category, created, duration in zip(
-            column("item_id"), column("category"), column("created_ms"), column("duration_ms"), strict=True
-        )
-    }
+        return {meta.item_id: meta for meta in read_catalog(path)}
+    except CatalogError as error:
+        raise SourceError(str(error)) from None
 
 
 def log_source(
@@ -136,5 +121,5 @@ def log_source(
         name = f"{bootstrap_servers}/{topic}"
     else:
         raise SourceError("give an event file (--events) or a topic and bootstrap servers")
-    catalog = read_catalog(catalog_path) if catalog_path is not None else {}
+    catalog = catalog_by_id(catalog_path) if catalog_path is not None else {}
     return EventSource(name, events, catalog, None, stats.rejected)

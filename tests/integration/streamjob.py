@@ -29,8 +29,9 @@ from features.item import replay_item
 from features.partitioning import partition_for
 from features.user import replay_user
 from sdk.publisher import wall_clock_ms
+from simulator.config import WorldConfig
+from simulator.world import SyntheticWorld
 from streaming.metrics import metrics_addresses
-from training.synthetic import SyntheticWorld, WorldConfig
 
 
 @dataclass

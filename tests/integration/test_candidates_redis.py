@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 from cli.main import app
 from cli.stack import Component
 from features.candidates import decode_candidates, popular_country_key, popular_global_key, user_key
+from simulator.catalog import CatalogItem, write_catalog
 from training.candidates import CandidateConfig, CandidateWriter, generate_candidates
 from training.eventlog import write_events
 from training.sources import synthetic_source
-from training.synthetic import CatalogItem, write_catalog
 
 pytestmark = pytest.mark.integration
 

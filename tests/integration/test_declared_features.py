@@ -24,6 +24,7 @@ from feature_repo.declared import drafts_from_registry
 from feature_repo.store import REPO_PATH, apply, open_store
 from features.declared import DeclaredView, replay_declared, validate_all
 from features.events import InteractionEvent
+from simulator.catalog import write_catalog
 from tests.integration.streamjob import (
     StreamJob,
     encoded,
@@ -35,7 +36,6 @@ from tests.integration.streamjob import (
     with_resends_and_disorder,
     world_events,
 )
-from training.synthetic import write_catalog
 
 LATENESS_MS = 300_000
 # Feast warns on every StreamFeatureView it builds (reading the registry too) that they are alpha.

@@ -18,9 +18,9 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from cli.stack import Component, flink_detail, flink_problems
+from simulator.catalog import write_catalog
 from streaming.flink_rest import JOB_NAME
 from tests.integration.streamjob import StreamJob, encoded, produce_raw, wait_until, world_events
-from training.synthetic import write_catalog
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from sdk.publisher import wall_clock_ms
 from serving.app import create_app
 from serving.settings import KafkaEvents, RedisOnlineStore, ServingSettings
 from serving.testing import AppClient, write_linear_model
+from simulator.catalog import CatalogItem, write_catalog
 from tests.integration.streamjob import StreamJob
-from training.synthetic import CatalogItem, write_catalog
 
 KEY = {"X-API-Key": "dev-key"}
 A_ITEMS = [f"live-a-{n}" for n in range(10)]

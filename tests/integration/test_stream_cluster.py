@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cli.stack import Component, pid_alive
+from simulator.catalog import write_catalog
 from streaming.flink_rest import job_status, registered_task_managers
 from tests.integration.streamjob import (
     StreamJob,
@@ -30,7 +31,6 @@ from tests.integration.streamjob import (
     with_resends_and_disorder,
     world_events,
 )
-from training.synthetic import write_catalog
 
 LATENESS_MS = 300_000
 

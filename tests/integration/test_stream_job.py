@@ -19,6 +19,7 @@ from cli.stack import Component, start_process, stop_process, wait_healthy
 from features.codec import EventCodec
 from features.events import EventType, InteractionEvent
 from sdk.publisher import wall_clock_ms
+from simulator.catalog import write_catalog
 from tests.integration.streamjob import (
     StreamJob,
     encoded,
@@ -31,7 +32,6 @@ from tests.integration.streamjob import (
     with_resends_and_disorder,
     world_events,
 )
-from training.synthetic import write_catalog
 
 LATENESS_MS = 300_000
 

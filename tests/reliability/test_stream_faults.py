@@ -25,6 +25,7 @@ from features.codec import HEADER, EventCodec
 from features.events import EventType, InteractionEvent
 from features.partitioning import partition_for
 from sdk.publisher import wall_clock_ms
+from simulator.catalog import write_catalog
 from streaming.partition import MAX_REASON_BYTES
 from tests.factories import avro_string_length
 from tests.integration.streamjob import (
@@ -41,7 +42,6 @@ from tests.integration.streamjob import (
     world_events,
 )
 from tests.reliability.conftest import LATENESS_MS, create_topic, delete_topic
-from training.synthetic import write_catalog
 
 StartJob = Callable[..., StreamJob]
 CODEC = EventCodec()

@@ -14,8 +14,8 @@ from serving.events import MemoryEventSink
 from serving.online_store import FeatureRow, InMemoryOnlineStore
 from serving.settings import MemoryEvents, MemoryOnlineStore, ServingSettings
 from serving.testing import AppClient, write_linear_model
+from simulator.catalog import CatalogItem, write_catalog
 from tests.factories import NOW_MS
-from training.synthetic import CatalogItem, write_catalog
 
 ITEMS = [f"item-{n}" for n in range(60)]
 CATEGORIES = ["news", "sport", "music"]

@@ -14,8 +14,8 @@ from features.user import UserFeatures
 from serving.items import ITEM_COLUMNS, Catalog, ItemFeatureCache, ItemSnapshot
 from serving.metrics import ServingMetrics
 from serving.online_store import FeatureRow, InMemoryOnlineStore
+from simulator.catalog import CatalogItem, write_catalog
 from tests.factories import NOW_MS, make_event
-from training.synthetic import CatalogItem, write_catalog
 
 
 def live_rows() -> tuple[dict[str, object], dict[str, FeatureRow]]:

@@ -13,6 +13,7 @@ from features.ranking import RANKER_FEATURES
 from serving.errors import ModelRejected
 from serving.models import ModelRegistry, load_model, probe_batch
 from serving.testing import default_weights, linear_scores, write_linear_model
+from tests.factories import top_level_packages_imported_by
 
 
 def test_a_valid_model_loads_and_scores_like_its_formula(tmp_path: Path) -> None:
@@ -129,3 +130,8 @@ def test_deleting_the_newest_version_rolls_back(tmp_path: Path) -> None:
         child.unlink()
     newest.rmdir()
     assert models.scan().serving == 1
+
+
+def test_the_feed_api_never_imports_training() -> None:
+    # The API reads the registry format from registry/; training/ (LightGBM, datasets) is not its to import.
+    assert "training" not in top_level_packages_imported_by("serving.app", "serving.models", "serving.testing")

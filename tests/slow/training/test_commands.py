@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from features.ranking import RANKER_FEATURES
-from training.registry import load
+from registry.layout import load
 
 WORLD = ["--seconds", "3600", "--rate", "10", "--users", "300", "--items", "200", "--seed", "2"]
 

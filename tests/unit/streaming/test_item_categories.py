@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from streaming.operators import Catalog
-from training.synthetic import SyntheticWorld, WorldConfig, write_catalog
+from simulator.catalog import write_catalog
+from simulator.config import WorldConfig
+from simulator.world import SyntheticWorld
+from streaming.operators import ItemCategories
 
 
 def failures() -> float:
@@ -25,7 +27,7 @@ def test_a_half_written_catalog_is_refused_and_the_old_one_kept(
     path = tmp_path / "catalog.parquet"
     items = list(SyntheticWorld(WorldConfig(users=5, items=30, seed=3, start_ms=1_790_000_000_000)).catalog())
     write_catalog(items, path)
-    catalog = Catalog(path)
+    catalog = ItemCategories(path)
     catalog.maybe_reload()
     assert len(catalog) == len(items) and catalog.category(items[0].item_id) == items[0].category
 

@@ -9,17 +9,12 @@ from pathlib import Path
 import pytest
 
 from features.events import EventType, InteractionEvent, validate
-from training.synthetic import (
-    CLICK_DELAY_MAX_MS,
-    ENGAGED_WATCH_FRACTION,
-    MAX_DURATION_MS,
-    SyntheticWorld,
-    WorldConfig,
-    read_catalog,
-    read_ground_truth,
-    write_catalog,
-    write_ground_truth,
-)
+from simulator.behaviour import CLICK_DELAY_MAX_MS, ENGAGED_WATCH_FRACTION
+from simulator.catalog import read_catalog, write_catalog
+from simulator.config import WorldConfig
+from simulator.population import MAX_DURATION_MS
+from simulator.truth import ImpressionTruth, read_ground_truth, write_ground_truth
+from simulator.world import SyntheticWorld
 
 START_MS = 1_750_000_000_000  # 2025-06-15, a fixed clock
 
@@ -137,14 +132,21 @@ def test_position_bias_lowers_clicks_further_down_the_slate(
     assert ctr[0] > 2 * ctr[9]
 
 
-def test_click_rate_matches_the_recorded_click_probability(
+def clicked_slots_and_truths(
     busy: tuple[SyntheticWorld, list[InteractionEvent]],
-) -> None:
+) -> tuple[set[tuple[str | None, int | None]], list[ImpressionTruth]]:
+    """The busy world's clicked (request, position) slots, and the truths of impressions whose click fits the span."""
     world, events = busy
     # Clicks on the last impressions may fall after the end of the span.
     horizon = START_MS + 10_000 - CLICK_DELAY_MAX_MS
     clicks = {(e.request_id, e.position) for e in events if e.event_type is EventType.CLICK}
-    truths = [t for t in world.ground_truth if t.event_time_ms < horizon]
+    return clicks, [t for t in world.ground_truth if t.event_time_ms < horizon]
+
+
+def test_click_rate_matches_the_recorded_click_probability(
+    busy: tuple[SyntheticWorld, list[InteractionEvent]],
+) -> None:
+    clicks, truths = clicked_slots_and_truths(busy)
     assert len(truths) > 50_000
     for position in (None, 0, 9):
         sample = [t for t in truths if position is None or t.position == position]
@@ -201,10 +203,7 @@ def test_ground_truth_has_one_record_per_impression(
 def test_oracle_relevance_beats_position_at_ranking_clicks(
     busy: tuple[SyntheticWorld, list[InteractionEvent]],
 ) -> None:
-    world, events = busy
-    horizon = START_MS + 10_000 - CLICK_DELAY_MAX_MS
-    clicks = {(e.request_id, e.position) for e in events if e.event_type is EventType.CLICK}
-    truths = [t for t in world.ground_truth if t.event_time_ms < horizon]
+    clicks, truths = clicked_slots_and_truths(busy)
     top_relevant = sorted(truths, key=lambda t: t.relevance, reverse=True)[: len(truths) // 10]
     top_position = [t for t in truths if t.position == 0]
     rate = {
@@ -231,7 +230,7 @@ def test_catalog_and_ground_truth_survive_a_parquet_round_trip(tmp_path: Path) -
     world, _ = generate(rate=1000.0, seconds=3.0)
     write_catalog(world.catalog(), tmp_path / "catalog.parquet")
     write_ground_truth(world.ground_truth, tmp_path / "truth" / "ground_truth.parquet")
-    assert read_catalog(tmp_path / "catalog.parquet") == world.catalog()
+    assert read_catalog(tmp_path / "catalog.parquet") == [item.meta for item in world.catalog()]
     assert read_ground_truth(tmp_path / "truth" / "ground_truth.parquet") == world.ground_truth
     assert world.ground_truth_table().num_rows == len(world.ground_truth)
 

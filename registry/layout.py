@@ -4,8 +4,9 @@ A version is a positive integer directory name ("1", "2", ...); the newest is th
 A version directory is written under a temporary name and renamed into place, so a
 reader never sees a half-written model, and two writers never get the same number.
 
-The feed API imports this module to find, read and validate models, so it must only
-import the standard library and numpy (via features.ranking): never lightgbm or onnx.
+The only module that reads and writes this layout: training registers models with it, the
+feed API finds, reads and validates them with it. So it must only import the standard
+library and numpy (via features.ranking): never lightgbm or onnx, nor training/ or serving/.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from features.ranking import RANKER_FEATURES
-from training.errors import FeatureMismatchError, RegistryError
+from registry.errors import FeatureMismatchError, RegistryError
 
 DEFAULT_REGISTRY_DIR: Final = Path(".freshrank/models")
 DEFAULT_MODEL_NAME: Final = "ranker"
