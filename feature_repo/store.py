@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from feast import FeatureStore
@@ -20,9 +22,21 @@ def feast_env(redis_address: str, registry_path: Path | str) -> dict[str, str]:
     return {"FRESHRANK_REDIS_ADDRESS": redis_address, "FRESHRANK_FEAST_REGISTRY": registry}
 
 
+@functools.cache
+def _repo_settings() -> dict[str, Any]:
+    """feature_store.yaml as written (its ${...} variables not filled in)."""
+    settings: dict[str, Any] = yaml.safe_load((REPO_PATH / "feature_store.yaml").read_text())
+    return settings
+
+
 def project_name() -> str:
     """The Feast project of this repo (`project:` in feature_store.yaml); part of every online-store key."""
-    return str(yaml.safe_load((REPO_PATH / "feature_store.yaml").read_text())["project"])
+    return str(_repo_settings()["project"])
+
+
+def entity_key_serialization_version() -> int:
+    """How Feast serializes entity keys in this repo (feature_store.yaml); the online-store keys depend on it."""
+    return int(_repo_settings()["entity_key_serialization_version"])
 
 
 def open_store(redis_address: str, registry_path: Path | str, key_ttl_s: int | None = None) -> FeatureStore:

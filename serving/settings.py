@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from feature_repo.store import project_name
 from sdk.settings import INTERACTIONS_TOPIC, KafkaConnection
 
 DEFAULT_API_KEY = "dev-key"
@@ -35,8 +36,8 @@ class RedisOnlineStore(BaseModel):
     """Redis AUTH password, if the server needs one."""
     db: int = Field(0, ge=0)
     """Redis database number."""
-    feast_project: str = "freshrank"
-    """Feast project name (feature_store.yaml `project`): part of every Feast Redis key."""
+    feast_project: str = Field(default_factory=project_name)
+    """Feast project name (default: feature_store.yaml's `project`): part of every Feast Redis key."""
     feast_registry: Path = Path(".freshrank/feast/registry.db")
     """Feast registry; only read when `user_reads` is `feast_sdk`."""
     user_reads: Literal["hmget", "feast_sdk"] = "hmget"
