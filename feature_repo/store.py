@@ -1,4 +1,9 @@
-"""Opening the Feast store and running `feast apply` with addresses given in code, not only the environment."""
+"""Opening the Feast store and running `feast apply` with addresses given in code, not only the environment.
+
+Importing this module does not import Feast: the feed API's settings read the project name here, and
+importing Feast in the `freshrank serve` parent sets PROMETHEUS_MULTIPROC_DIR under prometheus_client's
+feet (its workers then fail to build the app).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from feast import FeatureStore
-from feast.repo_config import RepoConfig
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 REPO_PATH = Path(__file__).parent
 
@@ -44,6 +50,9 @@ def open_store(redis_address: str, registry_path: Path | str, key_ttl_s: int | N
 
     `key_ttl_s` sets Feast's `key_ttl_seconds`: every write re-arms an EXPIRE on the entity's hash.
     """
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
     text = (REPO_PATH / "feature_store.yaml").read_text()
     for name, value in feast_env(redis_address, registry_path).items():
         text = text.replace("${" + name + "}", value)
