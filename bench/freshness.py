@@ -43,7 +43,8 @@ from cli.stack import (
     scrape_all,
     stream_component,
 )
-from sdk.publisher import EventPublisher, publish_paced, wall_clock_ms
+from sdk.clock import wall_clock_ms
+from sdk.publisher import EventPublisher, publish_paced
 from sdk.settings import KafkaSettings
 from simulator.catalog import read_catalog, write_catalog
 from simulator.config import WorldConfig

@@ -42,6 +42,7 @@ import numpy as np
 from bench.freshness import quantiles
 from cli.stack import StackSettings, free_port, redis_component, running, scrape
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
+from feature_repo.layout import FeatureRow, redis_host_port
 from features.candidates import encode_candidates, popular_global_key, user_key
 from features.definitions import ITEM_FEATURE_NAMES, USER_FEATURE_NAMES
 from features.events import InteractionEvent
@@ -49,11 +50,10 @@ from features.item import replay_item
 from features.ranking import feature_matrix
 from features.user import replay_user
 from registry.layout import load as load_registered
-from sdk.publisher import wall_clock_ms
+from sdk.clock import wall_clock_ms
 from simulator.catalog import CatalogItem, write_catalog
 from simulator.config import WorldConfig
 from simulator.world import SyntheticWorld
-from streaming.entities import FeatureRow
 from streaming.online_store import OnlineStoreSink
 
 Log = Callable[[str], None]
@@ -117,8 +117,7 @@ def write_candidate_lists(redis_address: str, world: SeededWorld, n_candidates: 
     """Every user gets n random catalog items as their cached list; the global popular list too."""
     import redis
 
-    host, _, port = redis_address.rpartition(":")
-    client = redis.Redis(host=host, port=int(port))
+    client = redis.Redis(*redis_host_port(redis_address))
     rng = random.Random(seed)
     pipe = client.pipeline(transaction=False)
     for user in world.users:

@@ -330,8 +330,9 @@ def generate(
     state_dir: StateDir = None,
 ) -> None:
     """Publish a synthetic feed world through the SDK, paced to real time."""
+    from sdk.clock import wall_clock_ms
     from sdk.errors import SDKError
-    from sdk.publisher import EventPublisher, publish_paced, wall_clock_ms
+    from sdk.publisher import EventPublisher, publish_paced
     from sdk.settings import KafkaSettings
     from simulator.catalog import write_catalog
     from simulator.config import WorldConfig
@@ -904,11 +905,12 @@ def candidates(
     now_ms: Annotated[int | None, typer.Option(help="Generate as of this event time (default: newest event).")] = None,
 ) -> None:
     """Co-visitation + new + popular candidate lists per user, and popular fallbacks, written to Redis with a TTL."""
+    from sdk.settings import INTERACTIONS_TOPIC
     from training.candidates import CandidateConfig, CandidateWriter, generate_candidates
     from training.errors import TrainingError
 
     if dataset == "log" and events is None and topic is None:
-        topic = "interactions"
+        topic = INTERACTIONS_TOPIC
     writer = CandidateWriter(resolve_redis(redis_address), ttl_s=ttl)
     try:
         with _progress() as progress:

@@ -32,8 +32,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-INTERACTIONS_TOPIC = "interactions"
-DLQ_TOPIC = "interactions.dlq"
+from sdk.settings import DLQ_TOPIC, INTERACTIONS_TOPIC
 
 
 class StackError(Exception):

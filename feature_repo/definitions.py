@@ -30,6 +30,8 @@ _OFFLINE_DIR = Path(__file__).parent / "data"
 
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="A feed user.")
 item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="A feed item.")
+JOIN_KEYS: dict[str, str] = {USER_VIEW: user.join_key, ITEM_VIEW: item.join_key}
+"""Join key of each built-in view's entity: the entity id column of `get_online_features` rows."""
 
 
 def _schema(specs: tuple[FeatureSpec, ...]) -> list[Field]:

@@ -1,7 +1,11 @@
-"""Feast's Redis layout for freshrank's views, spelled out so the stream job writes rows without Feast's write path.
+"""The online-store layout: Feast's Redis layout of freshrank's views, the one module that spells it.
 
+The stream job writes rows with it (streaming/online_store.py) and the feed API
+reads them with it (serving/online_store.py), both without Feast's own read and
+write paths; everything else that names a key, a field or an encoding calls it.
 What Feast's redis online store writes for one row of view V and entity E (and
-reads back in `get_online_features`), with `entity_key_serialization_version: 3`:
+reads back in `get_online_features`), with the `entity_key_serialization_version`
+and `project` of feature_store.yaml:
 
 - the key: `serialize_entity_key(EntityKey(join_keys=[join key], entity_values=[E]))
   + project`, for one string entity `<fixed prefix><u32 length><utf-8 id><project>`;
@@ -14,23 +18,55 @@ reads back in `get_online_features`), with `entity_key_serialization_version: 3`
 Building those with protobuf objects cost ~250 us per row (profile in the
 README); here each value is encoded with `struct` in a few us. Every encoding is
 checked byte for byte against Feast's and protobuf's own in
-tests/unit/feature_repo/test_layout.py, and `ViewLayout` checks its key against
-Feast's `_redis_key` when it is built, so a Feast upgrade that changes the
-layout fails loudly instead of writing rows Feast cannot read.
+tests/unit/feature_repo/test_layout.py, rows against Feast's writer and reader in
+tests/integration/test_online_store_layout.py, and `ViewLayout` checks its key
+against Feast's `_redis_key` when it is built, so a Feast upgrade that changes the
+layout fails loudly instead of writing rows Feast cannot read. This is the only
+module that imports Feast's private helpers.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from feast.infra.online_stores.helpers import _mmh3, _redis_key
+from feast.infra.online_stores.redis import RedisOnlineStore
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
-from features.definitions import FeatureDtype, FeatureSpec, FeatureValue
+from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, JOIN_KEYS, USER_VIEW
+from feature_repo.store import entity_key_serialization_version, project_name
+from features.declared import DeclaredView
+from features.definitions import ITEM_FEATURES, USER_FEATURES, FeatureDtype, FeatureSpec, FeatureValue
 
-ENTITY_KEY_SERIALIZATION_VERSION = 3  # feature_store.yaml entity_key_serialization_version
+ENTITY_KEY_SERIALIZATION_VERSION = entity_key_serialization_version()
+BUILT_IN_SPECS: dict[str, tuple[FeatureSpec, ...]] = {USER_VIEW: USER_FEATURES, ITEM_VIEW: ITEM_FEATURES}
+
+
+class FeatureRow(NamedTuple):
+    """One entity's row of one view in the online store: its feature values as of `as_of_ms`.
+
+    Rows the stream job writes carry `timestamp_us` (Feast's event timestamp, strictly increasing
+    per entity) and `newest_event_ms` (event time of the newest event the values include; None for
+    rows emitted as windows age). Rows read back carry the values and `as_of_ms` (None if the hash
+    has no `as_of_ms`), not the write metadata. A tuple, not a dataclass: the job pickles rows and
+    tuples unpickle fast.
+    """
+
+    view: str
+    entity_id: str
+    values: Mapping[str, FeatureValue | None]  # None: a null value (a declared mean/max/min of an empty window)
+    as_of_ms: int | None
+    timestamp_us: int | None = None
+    newest_event_ms: int | None = None
+
+
+class UndecodableValue(ValueError):
+    """A stored field is not a Feast `Value`; the message names the feature."""
+
 
 _DOUBLE = struct.Struct("<d")
 _U32 = struct.Struct("<I")
@@ -143,36 +179,111 @@ class EntityKeys:
 
 
 class ViewLayout:
-    """Keys and hash fields of one view's rows in Feast's Redis layout (see the module docstring)."""
+    """Keys and hash fields of one view's rows in Feast's Redis layout (see the module docstring), both ways."""
 
-    def __init__(self, project: str, view: str, join_key: str, specs: Sequence[FeatureSpec], as_of_field: str) -> None:
+    def __init__(
+        self, project: str, view: str, join_key: str, specs: Sequence[FeatureSpec], as_of_field: str = AS_OF_FIELD
+    ) -> None:
         self.view = view
         self.dtypes: dict[str, FeatureDtype] = {spec.name: spec.dtype for spec in specs}
         self.fields: dict[str, bytes] = {name: _mmh3(f"{view}:{name}") for name in (*self.dtypes, as_of_field)}
         # Per feature: (hash field, encoder), so a row costs one lookup per value.
         self._encoders = {name: (self.fields[name], ENCODERS[dtype]) for name, dtype in self.dtypes.items()}
+        self.as_of_name = as_of_field
         self.as_of_field = self.fields[as_of_field]
         self.timestamp_field = f"_ts:{view}".encode()
+        self.names: tuple[str, ...] = tuple(self.fields)
+        """What a read asks for, in order: every feature, then `as_of`; `decode` takes the replies in this order."""
+        self.read_fields: list[bytes] = list(self.fields.values())
+        # Keys are spelled per call, not memoised: the reader's memo of Feast's protobuf path once held
+        # 500k entries, ~195 MB, fed by any id a client sent.
         keys = EntityKeys(project, join_key)
-        if not keys.matches_feast:
-            raise RuntimeError(
-                f"Feast's Redis key layout changed (entity_key_serialization_version "
-                f"{ENTITY_KEY_SERIALIZATION_VERSION}): update feature_repo/layout.py"
-            )
-        self.key = keys.key
         self.feast_key = keys.feast_key
+        self.matches_feast = keys.matches_feast
+        """Whether the fast key still equals Feast's; if not (a Feast upgrade), `key` is Feast's own, slower,
+        function: the reader goes on with it, the writer refuses to start."""
+        self.key = keys.key if keys.matches_feast else keys.feast_key
 
     def hash_fields(
-        self, values: Mapping[str, FeatureValue | None], as_of_ms: int, timestamp_us: int
+        self, values: Mapping[str, FeatureValue | None], as_of_ms: int | None, timestamp_us: int | None
     ) -> dict[bytes, bytes]:
         """The hash fields Feast's writer would set for this row: every feature, `as_of`, and `_ts:<view>`.
 
         A None value is written as an empty `Value` (no field set), which Feast reads back as null."""
+        if timestamp_us is None:
+            raise ValueError(f"a {self.view} row to write needs its Feast timestamp (timestamp_us)")
         encoders = self._encoders
         mapping: dict[bytes, bytes] = {}
         for name, value in values.items():
             field, encode = encoders[name]
             mapping[field] = b"" if value is None else encode(value)
-        mapping[self.as_of_field] = _INT64_TAG + varint(as_of_ms)
+        mapping[self.as_of_field] = b"" if as_of_ms is None else _INT64_TAG + varint(as_of_ms)
         mapping[self.timestamp_field] = encode_timestamp(timestamp_us)
         return mapping
+
+    def decode(self, entity_id: str, raw: Sequence[bytes | None]) -> FeatureRow | None:
+        """The row from the replies of a read of `read_fields`; None if the entity has no row.
+
+        Raises `UndecodableValue` (naming the feature) if a field is not a Feast `Value`."""
+        if not any(raw):
+            return None
+        values: dict[str, FeatureValue | None] = {}
+        for name, blob in zip(self.names, raw, strict=True):
+            if blob is None:
+                values[name] = None
+                continue
+            proto = Value()
+            try:
+                proto.ParseFromString(blob)
+            except DecodeError as error:
+                raise UndecodableValue(f"field {name}: {error}") from None
+            values[name] = python_value(proto)
+        as_of = values.pop(self.as_of_name, None)
+        return FeatureRow(self.view, entity_id, values, as_of if isinstance(as_of, int) else None)
+
+
+def python_value(value: Value) -> FeatureValue | None:
+    """The Python value of a Feast `Value`, as `get_online_features` gives it (lists as lists, unset as None)."""
+    kind = value.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return None
+    raw = getattr(value, kind)
+    if kind.endswith("_list_val"):
+        return list(raw.val)
+    return raw  # type: ignore[no-any-return]
+
+
+def declared_specs(view: DeclaredView) -> tuple[FeatureSpec, ...]:
+    """The online schema of a declared view: one feature per aggregation, typed as its Feast Field."""
+    return tuple(
+        FeatureSpec(a.name, a.dtype, f"{a.function}({a.column}) over {a.window.length_ms} ms")
+        for a in view.aggregations
+    )
+
+
+def view_layouts(project: str | None = None, declared: Sequence[DeclaredView] = ()) -> dict[str, ViewLayout]:
+    """The layout of every view by name: the built-ins, then the declared views (which share the entity's hash
+    with the built-ins: Feast keeps one hash per entity key). `project` defaults to feature_store.yaml's."""
+    project = project or project_name()
+    layouts = {view: ViewLayout(project, view, JOIN_KEYS[view], specs) for view, specs in BUILT_IN_SPECS.items()}
+    for view in declared:
+        layouts[view.name] = ViewLayout(project, view.name, view.entity_key, declared_specs(view))
+    return layouts
+
+
+def redis_host_port(address: str) -> tuple[str, int]:
+    """Host and port of a Redis `host:port` (an empty host is the local one); a Feast connection string's
+    options after the first comma are ignored."""
+    host, _, port = address.partition(",")[0].strip().rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"Redis address {address!r} is not host:port")
+    return host or "127.0.0.1", int(port)
+
+
+def redis_connection_params(connection_string: str) -> tuple[str, int, dict[str, Any]]:
+    """Host, port and redis-py options of Feast's `connection_string` (`host:port,password=...,ssl=true`),
+    parsed as Feast's redis store parses it. One host only: a cluster is not supported."""
+    nodes, params = RedisOnlineStore._parse_connection_string(connection_string)
+    if len(nodes) != 1:
+        raise ValueError(f"expected one host:port in the Redis address, got {len(nodes)}: a cluster is not supported")
+    return str(nodes[0]["host"]), int(nodes[0]["port"]), dict(params)

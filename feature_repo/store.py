@@ -1,15 +1,23 @@
-"""Opening the Feast store and running `feast apply` with addresses given in code, not only the environment."""
+"""Opening the Feast store and running `feast apply` with addresses given in code, not only the environment.
+
+Importing this module does not import Feast: the feed API's settings read the project name here, and
+importing Feast in the `freshrank serve` parent sets PROMETHEUS_MULTIPROC_DIR under prometheus_client's
+feet (its workers then fail to build the app).
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from feast import FeatureStore
-from feast.repo_config import RepoConfig
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 REPO_PATH = Path(__file__).parent
 
@@ -20,9 +28,21 @@ def feast_env(redis_address: str, registry_path: Path | str) -> dict[str, str]:
     return {"FRESHRANK_REDIS_ADDRESS": redis_address, "FRESHRANK_FEAST_REGISTRY": registry}
 
 
+@functools.cache
+def _repo_settings() -> dict[str, Any]:
+    """feature_store.yaml as written (its ${...} variables not filled in)."""
+    settings: dict[str, Any] = yaml.safe_load((REPO_PATH / "feature_store.yaml").read_text())
+    return settings
+
+
 def project_name() -> str:
     """The Feast project of this repo (`project:` in feature_store.yaml); part of every online-store key."""
-    return str(yaml.safe_load((REPO_PATH / "feature_store.yaml").read_text())["project"])
+    return str(_repo_settings()["project"])
+
+
+def entity_key_serialization_version() -> int:
+    """How Feast serializes entity keys in this repo (feature_store.yaml); the online-store keys depend on it."""
+    return int(_repo_settings()["entity_key_serialization_version"])
 
 
 def open_store(redis_address: str, registry_path: Path | str, key_ttl_s: int | None = None) -> FeatureStore:
@@ -30,6 +50,9 @@ def open_store(redis_address: str, registry_path: Path | str, key_ttl_s: int | N
 
     `key_ttl_s` sets Feast's `key_ttl_seconds`: every write re-arms an EXPIRE on the entity's hash.
     """
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
     text = (REPO_PATH / "feature_store.yaml").read_text()
     for name, value in feast_env(redis_address, registry_path).items():
         text = text.replace("${" + name + "}", value)

@@ -25,15 +25,12 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from features.codec import EventCodec
 from features.events import InteractionEvent, validate
+from sdk.clock import wall_clock_ms
 from sdk.errors import InvalidEventError, PublisherBackpressure, PublisherClosedError, UndeliveredEventsError
 from sdk.schema_registry import SchemaRegistrySettings, producer_codec
 from sdk.settings import KafkaSettings
 
 DeliveryCallback = Callable[[InteractionEvent, KafkaError | None], None]
-
-
-def wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
+from sdk.clock import wall_clock_ms
 from serving.api import FeedFastPath, admin, reload_all, router
 from serving.deps import Services
 from serving.errors import InvalidRequest, MalformedBody, ServingError
 from serving.events import KafkaEventSink, MemoryEventSink, make_event_sink
 from serving.experiments import Experiments
-from serving.items import Catalog, ItemFeatureCache, wall_ms
+from serving.items import Catalog, ItemFeatureCache
 from serving.metrics import ServingMetrics
 from serving.middleware import AuthMiddleware, BodyLimitMiddleware, LoadShedMiddleware, MetricsMiddleware
 from serving.models import ModelRegistry
@@ -139,7 +140,7 @@ def create_app(
     *,
     store: RedisOnlineReader | InMemoryOnlineStore | None = None,
     events: KafkaEventSink | MemoryEventSink | None = None,
-    clock_ms: Callable[[], int] = wall_ms,
+    clock_ms: Callable[[], int] = wall_clock_ms,
 ) -> FastAPI:
     """The ASGI app. `store`, `events` and `clock_ms` replace the configured backends (tests)."""
     settings = settings or ServingSettings()

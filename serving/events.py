@@ -29,7 +29,7 @@ from features.events import EventType, InteractionEvent, Rejection, validate
 from sdk.errors import PublisherBackpressure, SDKError, UndeliveredEventsError
 from sdk.publisher import DeliveryCallback, EventPublisher
 from sdk.schema_registry import SchemaRegistryRefused, SchemaRegistryUnavailable
-from sdk.settings import KafkaSettings
+from sdk.settings import KafkaConnection, KafkaSettings
 from serving.metrics import ServingMetrics
 from serving.settings import KafkaEvents, MemoryEvents
 
@@ -157,12 +157,8 @@ class KafkaEventSink:
         make_publisher: Callable[[KafkaSettings, DeliveryCallback], EventPublisher] = EventPublisher,
     ) -> None:
         self._settings = KafkaSettings(
-            bootstrap_servers=config.bootstrap_servers,
+            **config.model_dump(include=set(KafkaConnection.model_fields)),
             topic=config.topic,
-            security_protocol=config.security_protocol,
-            sasl_mechanism=config.sasl_mechanism,
-            sasl_username=config.sasl_username,
-            sasl_password=config.sasl_password,
             queue_full_timeout_s=config.queue_full_timeout_s,
             delivery_timeout_ms=int(config.ack_timeout_s * 1000),
             client_id="freshrank-serve",

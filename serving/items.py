@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from feature_repo.layout import FeatureRow
 from features.ranking import ITEM_RANKER_FEATURES, RANKER_FEATURES, CatalogColumns, ItemMeta, item_columns
+from sdk.clock import wall_clock_ms
 from serving.metrics import ServingMetrics
-from serving.online_store import FeatureRow, InMemoryOnlineStore, OnlineStoreError, RedisOnlineReader
+from serving.online_store import InMemoryOnlineStore, OnlineStoreError, RedisOnlineReader
 from simulator.catalog import read_catalog
 
 log = logging.getLogger("freshrank.serving.items")
@@ -45,10 +47,6 @@ PENDING_READ_BATCH = 500
 """Items read per quick read (one pipeline); with the 50 ms gather that is at most ~10k HMGETs/s."""
 ABSENT_MAX = 100_000
 """Items known to have no row (not read again until the next full refresh); least recently missed go first."""
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _rows_of(index: dict[str, int], item_ids: Sequence[str]) -> npt.NDArray[np.intp]:
@@ -160,7 +158,7 @@ class ItemSnapshot:
         """This snapshot plus (or with newer) `rows`; keeps `refreshed_ms` (a partial read is not a refresh)."""
         if not rows:
             return self
-        update = ItemSnapshot.build(rows, self.refreshed_ms or wall_ms())
+        update = ItemSnapshot.build(rows, self.refreshed_ms or wall_clock_ms())
         index = dict(self.index)
         block = self.block
         as_of = self.as_of_ms
@@ -234,7 +232,7 @@ class ItemFeatureCache:
         metrics: ServingMetrics,
         refresh_s: float,
         max_items: int,
-        clock_ms: Callable[[], int] = wall_ms,
+        clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.store = store
         self.catalog = catalog

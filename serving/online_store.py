@@ -1,10 +1,10 @@
 """Reads of the online store for the request path: user and item feature rows, candidate lists.
 
 Feature rows are Feast's: the Redis backend reads the hashes in Feast's redis online
-store layout, with Feast's key (spelled in feature_repo/layout.py, checked against
-Feast's `_redis_key`) and field hashing (`_mmh3("<view>:<feature>")`), and decodes
-Feast `Value` protos, so what the stream job writes in that layout is what we read, in one HMGET per entity instead of
-Feast's per-call planning (3-8 ms for one entity here, ~400 ms for 500).
+store layout through feature_repo/layout.py, its one owner (Feast's key, field
+hashing and `Value` decoding, checked against Feast), so what the stream job writes
+with the same module is what we read, in one HMGET per entity instead of Feast's
+per-call planning (3-8 ms for one entity here, ~400 ms for 500).
 `user_reads: feast_sdk` uses `FeatureStore.get_online_features` instead.
 
 Every method may raise `OnlineStoreError`; callers degrade, they never fail a
@@ -15,20 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
-from feast.infra.online_stores.helpers import _mmh3
-from feast.protos.feast.types.Value_pb2 import Value
-from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
-from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
-from feature_repo.layout import EntityKeys
+from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, JOIN_KEYS, USER_VIEW
+from feature_repo.layout import FeatureRow, UndecodableValue, ViewLayout, redis_host_port, view_layouts
 from features.candidates import decode_candidates, popular_country_key
-from features.definitions import ITEM_FEATURE_NAMES, USER_FEATURE_NAMES, FeatureValue
 from serving.settings import MemoryOnlineStore, RedisOnlineStore
 
 log = logging.getLogger("freshrank.serving.online_store")
@@ -54,14 +50,6 @@ class OnlineStoreError(Exception):
 class CorruptRow(OnlineStoreError):
     """A stored value cannot be decoded: a feature row that is not Feast `Value` protos, or a candidate list
     that is not a JSON array of ids. The store answered; that value is skipped, never fatal."""
-
-
-@dataclass(frozen=True, slots=True)
-class FeatureRow:
-    """One entity's features as Feast stored them; `as_of_ms` is when they hold (None if not written)."""
-
-    values: Mapping[str, FeatureValue | None]
-    as_of_ms: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,59 +83,23 @@ class OnlineStore(Protocol):
     async def close(self) -> None: ...
 
 
-def python_value(value: Value) -> FeatureValue | None:
-    kind = value.WhichOneof("val")
-    if kind is None or kind == "null_val":
-        return None
-    raw = getattr(value, kind)
-    if kind.endswith("_list_val"):
-        return list(raw.val)
-    return raw  # type: ignore[no-any-return]
-
-
-class FeastRedisLayout:
-    """Feast's Redis key and hash-field encoding for one view's features."""
-
-    def __init__(self, project: str, view: str, join_key: str, names: Sequence[str]) -> None:
-        self.project = project
-        self.join_key = join_key
-        self.names = (*names, AS_OF_FIELD)
-        self.fields: list[bytes | str] = [_mmh3(f"{view}:{name}") for name in self.names]
-        # Keys are spelled as the stream job writes them (feature_repo/layout.py); the key used to be
-        # memoised from Feast's protobuf path: 500k entries, ~195 MB, fed by any id a client sent.
-        keys = EntityKeys(project, join_key)
-        self.feast_key = keys.feast_key
-        # A Feast upgrade that changed the layout: read with Feast's own (slower) key function.
-        self.key = keys.key if keys.matches_feast else keys.feast_key
-
-    def decode(self, raw: Sequence[bytes | None]) -> FeatureRow | None:
-        """The row, None if the entity has no row; `CorruptRow` if a field is not a Feast `Value`."""
-        if not any(raw):
-            return None
-        values: dict[str, FeatureValue | None] = {}
-        for name, blob in zip(self.names, raw, strict=True):
-            if blob is None:
-                values[name] = None
-                continue
-            proto = Value()
-            try:
-                proto.ParseFromString(blob)
-            except DecodeError as error:
-                raise CorruptRow(f"field {name}: {error}") from None
-            values[name] = python_value(proto)
-        as_of = values.pop(AS_OF_FIELD, None)
-        return FeatureRow(values, as_of if isinstance(as_of, int) else None)
+def decode_row(layout: ViewLayout, entity_id: str, raw: Sequence[bytes | None]) -> FeatureRow | None:
+    """`layout.decode`, with an undecodable field as a `CorruptRow`."""
+    try:
+        return layout.decode(entity_id, raw)
+    except UndecodableValue as error:
+        raise CorruptRow(str(error)) from None
 
 
 class RedisOnlineReader:
     """Async reads of Feast's Redis hashes and the candidate lists, one round trip each."""
 
     def __init__(self, config: RedisOnlineStore) -> None:
-        host, _, port = config.address.rpartition(":")
+        host, port = redis_host_port(config.address)
         self.config = config
         self._client = aioredis.Redis(
-            host=host or "127.0.0.1",
-            port=int(port),
+            host=host,
+            port=port,
             db=config.db,
             password=config.password.get_secret_value() if config.password else None,
             socket_connect_timeout=config.connect_timeout_ms / 1000,
@@ -156,10 +108,11 @@ class RedisOnlineReader:
             max_connections=config.max_connections,
             retry_on_timeout=False,
         )
-        self.user_layout = FeastRedisLayout(config.feast_project, USER_VIEW, "user_id", USER_FEATURE_NAMES)
-        self.item_layout = FeastRedisLayout(config.feast_project, ITEM_VIEW, "item_id", ITEM_FEATURE_NAMES)
+        layouts = view_layouts(config.feast_project)
+        self.user_layout = layouts[USER_VIEW]
+        self.item_layout = layouts[ITEM_VIEW]
         # The user HMGET packed once but for its key: redis-py would encode its ~40 field names per request.
-        fields = [f if isinstance(f, bytes) else f.encode() for f in self.user_layout.fields]
+        fields = self.user_layout.read_fields
         self._user_hmget_head = _command_head(2 + len(fields), b"HMGET")
         self._user_hmget_fields = b"".join(map(_bulk, fields))
         self._feast: Any = None
@@ -183,7 +136,7 @@ class RedisOnlineReader:
         except (redis.RedisError, OSError) as error:
             raise OnlineStoreError(f"user features: {type(error).__name__}: {error}") from error
         try:
-            return self.user_layout.decode(raw)
+            return decode_row(self.user_layout, user_id, raw)
         except CorruptRow as error:
             self.on_corrupt("user", user_id, str(error))
             raise
@@ -215,7 +168,7 @@ class RedisOnlineReader:
     def _user_row_feast_sdk(self, user_id: str) -> FeatureRow | None:
         try:
             result = self._feast.get_online_features(
-                features=self._feast_refs, entity_rows=[{"user_id": user_id}]
+                features=self._feast_refs, entity_rows=[{JOIN_KEYS[USER_VIEW]: user_id}]
             ).to_dict()
         except Exception as error:  # Feast wraps Redis errors in several types
             raise OnlineStoreError(f"user features (feast): {type(error).__name__}: {error}") from error
@@ -223,7 +176,7 @@ class RedisOnlineReader:
         if all(value is None for value in values.values()):
             return None
         as_of = values.pop(AS_OF_FIELD)
-        return FeatureRow(values, as_of if isinstance(as_of, int) else None)
+        return FeatureRow(USER_VIEW, user_id, values, as_of if isinstance(as_of, int) else None)
 
     async def item_rows(self, item_ids: Sequence[str]) -> dict[str, FeatureRow]:
         rows: dict[str, FeatureRow] = {}
@@ -233,13 +186,13 @@ class RedisOnlineReader:
             try:
                 async with self._client.pipeline(transaction=False) as pipe:
                     for item_id in chunk:
-                        pipe.hmget(layout.key(item_id), layout.fields)  # type: ignore[arg-type]
+                        pipe.hmget(layout.key(item_id), layout.read_fields)  # type: ignore[arg-type]
                     replies = await pipe.execute()
             except (redis.RedisError, OSError) as error:
                 raise OnlineStoreError(f"item features: {type(error).__name__}: {error}") from error
             for offset, (item_id, raw) in enumerate(zip(chunk, replies, strict=True), 1):
                 try:
-                    row = layout.decode(raw)
+                    row = decode_row(layout, item_id, raw)
                 except CorruptRow as error:
                     # One bad hash must not cost the other items their refresh: skip it, count it.
                     self.on_corrupt("item", item_id, str(error))
@@ -281,7 +234,7 @@ class RedisOnlineReader:
         except CorruptRow as error:
             candidates_error = error
         try:
-            user = layout.decode(raw_user)
+            user = decode_row(layout, user_id, raw_user)
         except CorruptRow as error:
             self.on_corrupt("user", user_id, str(error))
             user_error = error

@@ -31,14 +31,16 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from feature_repo.layout import FeatureRow
 from features.candidates import popular_global_key, user_key
 from features.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA, FeatureValue
 from features.ranking import ITEM_RANKER_FEATURES, CatalogColumns, feature_matrix_columns
+from sdk.clock import wall_clock_ms
 from serving.experiments import Experiments
-from serving.items import Catalog, ItemFeatureCache, wall_ms
+from serving.items import Catalog, ItemFeatureCache
 from serving.metrics import ServingMetrics
 from serving.models import LoadedModel, ModelRegistry
-from serving.online_store import CorruptRow, FeatureRow, InMemoryOnlineStore, OnlineStoreError, RedisOnlineReader
+from serving.online_store import CorruptRow, InMemoryOnlineStore, OnlineStoreError, RedisOnlineReader
 from serving.policies import FloatArray, PolicyConfig, Slot, choose_slate, fallback_scores
 from serving.settings import ServingSettings
 
@@ -123,7 +125,7 @@ class PopularLists:
         by_country = await store.country_popular_lists()
         self.global_list = global_list or []
         self.by_country = by_country
-        self.refreshed_ms = wall_ms()
+        self.refreshed_ms = wall_clock_ms()
 
 
 def _dedupe(ids: Sequence[str], limit: int) -> list[str]:
@@ -140,7 +142,7 @@ class FeedRanker:
         registry: ModelRegistry,
         experiments: Experiments,
         metrics: ServingMetrics,
-        clock_ms: Callable[[], int] = wall_ms,
+        clock_ms: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.settings = settings
         self.store = store

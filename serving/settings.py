@@ -11,10 +11,13 @@ ingest keys or with a development key, so an API deployed by hand is not open.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from feature_repo.store import project_name
+from sdk.settings import INTERACTIONS_TOPIC, KafkaConnection
 
 DEFAULT_API_KEY = "dev-key"
 DEFAULT_ADMIN_KEY = "dev-admin-key"
@@ -33,8 +36,8 @@ class RedisOnlineStore(BaseModel):
     """Redis AUTH password, if the server needs one."""
     db: int = Field(0, ge=0)
     """Redis database number."""
-    feast_project: str = "freshrank"
-    """Feast project name (feature_store.yaml `project`): part of every Feast Redis key."""
+    feast_project: str = Field(default_factory=project_name)
+    """Feast project name (default: feature_store.yaml's `project`): part of every Feast Redis key."""
     feast_registry: Path = Path(".freshrank/feast/registry.db")
     """Feast registry; only read when `user_reads` is `feast_sdk`."""
     user_reads: Literal["hmget", "feast_sdk"] = "hmget"
@@ -56,25 +59,18 @@ class MemoryOnlineStore(BaseModel):
     """Backend selector."""
 
 
-class KafkaEvents(BaseModel):
-    """POST /v1/events forwards accepted events to Kafka through the SDK's EventPublisher."""
+class KafkaEvents(KafkaConnection):
+    """POST /v1/events forwards accepted events to Kafka through the SDK's EventPublisher.
+
+    The connection (bootstrap servers, security protocol, SASL) is the SDK's `KafkaConnection`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    variable_prefix: ClassVar[str] = "FRESHRANK_SERVE_EVENTS__"
 
     type: Literal["kafka"] = "kafka"
     """Backend selector."""
-    bootstrap_servers: str = "127.0.0.1:9092"
-    """Comma-separated host:port list."""
-    topic: str = "interactions"
+    topic: str = INTERACTIONS_TOPIC
     """Topic of interaction events."""
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    """Kafka security protocol."""
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    """SASL mechanism for SASL_* protocols."""
-    sasl_username: str | None = None
-    """SASL user."""
-    sasl_password: SecretStr | None = None
-    """SASL password (secret)."""
     queue_full_timeout_s: float = Field(0.05, ge=0)
     """How long a request waits for room in the producer queue before answering 503."""
     ack_timeout_s: float = Field(5.0, gt=0)

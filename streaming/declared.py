@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from functools import partial
 
+from feature_repo.layout import FeatureRow
 from features.declared import DeclaredFeatures, DeclaredView
 from features.events import InteractionEvent
-from streaming.entities import CachedObjects, EntityTable, FeatureRow, KeyValueStore, RowClock
+from streaming.entities import CachedObjects, EntityTable, KeyValueStore, RowClock
 
 
 def _decode(view: DeclaredView, data: bytes) -> DeclaredFeatures:

@@ -35,8 +35,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Generic, NamedTuple, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
+from feature_repo.layout import FeatureRow
 from features.definitions import DAY_MS, FeatureValue
 
 
@@ -84,21 +85,6 @@ class Aggregate(Protocol):
     def next_change_ms(self, as_of_ms: int) -> int | None: ...
 
     def to_bytes(self) -> bytes: ...
-
-
-class FeatureRow(NamedTuple):
-    """One entity's feature values as of `as_of_ms`, to be written with Feast timestamp `timestamp_us`.
-
-    A tuple, not a dataclass: rows are pickled between operators and tuples unpickle fast.
-    """
-
-    view: str
-    entity_id: str
-    values: Mapping[str, FeatureValue | None]  # None: a null value (a declared mean/max/min of an empty window)
-    as_of_ms: int
-    timestamp_us: int
-    # Event time of the newest event the values include; None for rows emitted as windows age.
-    newest_event_ms: int | None
 
 
 T = TypeVar("T")

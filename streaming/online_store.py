@@ -1,7 +1,7 @@
 """OnlineStoreSink: writes feature rows to the Feast online store (Redis), one pipeline per batch.
 
-Rows are written in Feast's Redis layout (feature_repo/layout.py: keys, field
-hashes, `Value` and `Timestamp` encodings, checked byte for byte against Feast),
+Rows are written in Feast's Redis layout (feature_repo/layout.py, its one owner: keys,
+field hashes, `Value` and `Timestamp` encodings, checked byte for byte against Feast),
 so `get_online_features` and the feed API read what we write. Not through
 Feast's `online_write_batch`: that path built protobuf objects per value and
 read every entity's stored timestamp before writing (two round trips), about
@@ -38,19 +38,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from feast.infra.online_stores.redis import RedisOnlineStore
 
-from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW, item_stream_features, user_stream_features
-from feature_repo.layout import ViewLayout
-from feature_repo.store import project_name
+from feature_repo.definitions import item_stream_features, user_stream_features
+from feature_repo.layout import ENTITY_KEY_SERIALIZATION_VERSION, FeatureRow, redis_connection_params, view_layouts
 from features.declared import DeclaredView
-from features.definitions import ITEM_FEATURES, USER_FEATURES, FeatureSpec
-from streaming.entities import FeatureRow
 from streaming.errors import OnlineStoreUnavailable
-
-JOIN_KEYS = {USER_VIEW: "user_id", ITEM_VIEW: "item_id"}
-SPECS = {USER_VIEW: USER_FEATURES, ITEM_VIEW: ITEM_FEATURES}
-
 
 # Seconds: a frozen Redis must raise within the backoff's reach instead of hanging the sink.
 SOCKET_TIMEOUT_S = 5
@@ -91,18 +83,8 @@ def refusal(error: Exception) -> OnlineStoreUnavailable | None:
 
 def redis_client(connection_string: str) -> redis.Redis:
     """A client for Feast's `connection_string` (`host:port,password=...,ssl=true`), parsed as Feast parses it."""
-    nodes, params = RedisOnlineStore._parse_connection_string(with_timeouts(connection_string))
-    if len(nodes) != 1:
-        raise ValueError(f"expected one host:port in the Redis address, got {len(nodes)}: a cluster is not supported")
-    return redis.Redis(host=nodes[0]["host"], port=int(nodes[0]["port"]), **params)
-
-
-def declared_specs(view: DeclaredView) -> tuple[FeatureSpec, ...]:
-    """The online schema of a declared view: one feature per aggregation, typed as its Feast Field."""
-    return tuple(
-        FeatureSpec(a.name, a.dtype, f"{a.function}({a.column}) over {a.window.length_ms} ms")
-        for a in view.aggregations
-    )
+    host, port, params = redis_connection_params(with_timeouts(connection_string))
+    return redis.Redis(host=host, port=port, **params)
 
 
 class OnlineStoreSink:
@@ -115,12 +97,12 @@ class OnlineStoreSink:
     ) -> None:
         self.redis_address = redis_address
         self.key_ttl_s = key_ttl_s
-        project = project or project_name()
-        self.layouts = {view: ViewLayout(project, view, JOIN_KEYS[view], SPECS[view], AS_OF_FIELD) for view in SPECS}
-        # Declared views share the entity's hash with the built-ins (Feast: one hash per entity key).
-        for view in declared:
-            specs = declared_specs(view)
-            self.layouts[view.name] = ViewLayout(project, view.name, view.entity_key, specs, AS_OF_FIELD)
+        self.layouts = view_layouts(project, declared)
+        if not all(layout.matches_feast for layout in self.layouts.values()):
+            raise RuntimeError(
+                f"Feast's Redis key layout changed (entity_key_serialization_version "
+                f"{ENTITY_KEY_SERIALIZATION_VERSION}): update feature_repo/layout.py"
+            )
         self._client: redis.Redis | None = None
         # Keys whose TTL was re-armed since `_armed_since`: each key gets one EXPIRE per REARM_S, not one per
         # row (half the commands). Bounded: cleared when full, after an hour, and after any failed write.

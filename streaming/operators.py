@@ -48,16 +48,18 @@ from pyflink.datastream.functions import KeyedProcessFunction, MapFunction, Runt
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from feature_repo.definitions import ITEM_VIEW, USER_VIEW
+from feature_repo.layout import FeatureRow
 from features.admission import EVICT_AFTER_MS, AdmissionGate
 from features.declared import DeclaredView
 from features.events import InteractionEvent
 from features.item import ItemFeatures
 from features.user import UserFeatures
+from sdk.clock import wall_clock_ms
 from sdk.schema_registry import SchemaRegistrySettings, consumer_codec
 from streaming import metrics
 from streaming.declared import DeclaredTables
 from streaming.dlq import DeadLetterSink
-from streaming.entities import CachedObjects, EntityTable, FeatureRow, RowClock
+from streaming.entities import CachedObjects, EntityTable, RowClock
 from streaming.errors import DlqUnavailable, OnlineStoreUnavailable
 from streaming.online_store import OnlineStoreSink
 from streaming.partition import (
@@ -76,10 +78,6 @@ log = logging.getLogger("freshrank.stream")
 
 
 ITEM_EVENTS = OutputTag("item-events", Types.PICKLED_BYTE_ARRAY())
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def task_info(runtime_context: RuntimeContext) -> tuple[int, int]:
@@ -436,7 +434,7 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
         records, reset = self._reader.read(partition, state.meta.next_offset)
         if reset is not None:
             state.meta.next_offset = reset.resume_at
-        clock = now_ms()
+        clock = wall_clock_ms()
         result = self._processor.process(partition, state, records, clock, partition_count)
         if result.stalled_at is not None:
             self._reader.seek(partition, result.stalled_at)
@@ -509,7 +507,7 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
         partition = ctx.get_current_key()
         self._timers.fired(partition, timestamp)
         state = self._state_of(partition)
-        self._writer.write(state.due_rows(now_ms()))
+        self._writer.write(state.due_rows(wall_clock_ms()))
         state.save()
         self._timers.arm(partition, state.next_due_ms(), ctx)
         return iter(())
@@ -574,7 +572,7 @@ class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
     def process_element(self, batch: ItemBatch, ctx: KeyedProcessFunction.Context) -> Iterator[None]:
         table = self._table(batch.bucket)
         declared = self._declared[batch.bucket]
-        clock = now_ms()
+        clock = wall_clock_ms()
         for values in batch.events:
             event = InteractionEvent(*values)
             table.aggregate(event.item_id).apply(event)
@@ -599,7 +597,7 @@ class ItemFeaturesByBucket(KeyedProcessFunction):  # type: ignore[misc]
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[None]:
         bucket = ctx.get_current_key()
         self._timers.fired(bucket, timestamp)
-        self._emit(bucket, self._table(bucket), now_ms(), ctx)
+        self._emit(bucket, self._table(bucket), wall_clock_ms(), ctx)
         return iter(())
 
     def _emit(
@@ -759,7 +757,7 @@ class RowWriter:
         if not rows:
             return
         self._retry(lambda: self._sink.write(rows))
-        written = now_ms()
+        written = wall_clock_ms()
         counts: dict[str, int] = {}
         for row in rows:
             counts[row.view] = counts.get(row.view, 0) + 1

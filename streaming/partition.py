@@ -37,13 +37,14 @@ from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any, NamedTuple, Protocol
 
+from feature_repo.layout import FeatureRow
 from features.admission import EVICT_AFTER_MS, Admission, AdmissionGate, clamp_to_ingest
 from features.codec import EventCodec, SchemaLookupError
 from features.events import InteractionEvent, Rejection, validate
 from features.partitioning import LIBRDKAFKA_PARTITIONER, partition_for
 from features.user import UserFeatures
 from streaming.declared import DeclaredTables
-from streaming.entities import CachedObjects, EntityTable, FeatureRow
+from streaming.entities import CachedObjects, EntityTable
 
 MAX_REASON_BYTES = 1024
 

@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sdk.settings import DLQ_TOPIC, INTERACTIONS_TOPIC, KafkaConfig, KafkaConnection
 
-class StreamSettings(BaseSettings):
+
+class StreamSettings(BaseSettings, KafkaConnection):
     """Everything the PyFlink job needs. Defaults run against the local stack of `freshrank up`."""
 
     model_config = SettingsConfigDict(env_prefix="FRESHRANK_STREAM_", frozen=True, extra="forbid")
 
-    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
-    topic: str = Field("interactions", description="Topic of interaction events.")
-    dlq_topic: str = Field("interactions.dlq", description="Where undecodable/invalid records go, reason in a header.")
+    topic: str = Field(INTERACTIONS_TOPIC, description="Topic of interaction events.")
+    dlq_topic: str = Field(DLQ_TOPIC, description="Where undecodable/invalid records go, reason in a header.")
     consumer_group: str = Field(
         "freshrank-stream", description="Group id the reader commits offsets under, for lag monitoring only."
     )
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="Kafka security protocol."
-    )
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
-        None, description="Kafka SASL mechanism (SASL_* protocols)."
-    )
-    sasl_username: str | None = Field(None, description="Kafka SASL user.")
-    sasl_password: SecretStr | None = Field(None, description="Kafka SASL password; never printed.")
     redis_address: str = Field("127.0.0.1:6379", description="Redis of the Feast online store (host:port).")
     redis_password: SecretStr | None = Field(None, description="Redis password (AUTH); never printed.")
     feast_registry: Path = Field(Path(".freshrank/feast/registry.db"), description="Feast registry path or URI.")
@@ -108,29 +100,9 @@ class StreamSettings(BaseSettings):
         "127.0.0.1", description="Address the Flink dashboard listens on (rest.bind-address): loopback by default."
     )
 
-    @model_validator(mode="after")
-    def _sasl_complete(self) -> StreamSettings:
-        if self.security_protocol.startswith("SASL_") and not (
-            self.sasl_mechanism and self.sasl_username and self.sasl_password
-        ):
-            raise ValueError(
-                f"security_protocol {self.security_protocol} needs FRESHRANK_STREAM_SASL_MECHANISM, "
-                "FRESHRANK_STREAM_SASL_USERNAME and FRESHRANK_STREAM_SASL_PASSWORD"
-            )
-        return self
-
-    def kafka_config(self) -> dict[str, str | int | float | bool]:
+    def kafka_config(self) -> KafkaConfig:
         """librdkafka properties shared by the job's consumers, admin client and DLQ producer."""
-        config: dict[str, str | int | float | bool] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "security.protocol": self.security_protocol,
-            "log_level": 3,
-        }
-        if self.sasl_mechanism and self.sasl_username and self.sasl_password:
-            config["sasl.mechanism"] = self.sasl_mechanism
-            config["sasl.username"] = self.sasl_username
-            config["sasl.password"] = self.sasl_password.get_secret_value()
-        return config
+        return {**self.connection_config(), "log_level": 3}
 
     def redis_connection_string(self) -> str:
         """Feast's redis connection_string: host:port, plus ",password=..." when Redis wants AUTH."""

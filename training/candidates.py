@@ -207,8 +207,10 @@ class CandidateWriter:
     def open(self) -> None:
         import redis
 
-        host, _, port = self.address.rpartition(":")
-        client = redis.Redis(host=host or "127.0.0.1", port=int(port), socket_timeout=10)
+        from feature_repo.layout import redis_host_port
+
+        host, port = redis_host_port(self.address)
+        client = redis.Redis(host=host, port=port, socket_timeout=10)
         try:
             client.ping()
         except redis.RedisError as error:

@@ -19,7 +19,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from cli.stack import free_port, free_ports, metrics_healthy, scrape_all
-from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
+from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, JOIN_KEYS, USER_VIEW
 from feature_repo.store import open_store
 from features.admission import admitted_events
 from features.codec import EventCodec
@@ -28,7 +28,7 @@ from features.events import InteractionEvent
 from features.item import replay_item
 from features.partitioning import partition_for
 from features.user import replay_user
-from sdk.publisher import wall_clock_ms
+from sdk.clock import wall_clock_ms
 from simulator.config import WorldConfig
 from simulator.world import SyntheticWorld
 from streaming.metrics import metrics_addresses
@@ -227,7 +227,7 @@ def wait_for_checkpointed_progress(job: StreamJob, checkpoints: Path, admitted: 
 def online_rows(redis_address: str, registry: Path, view: str, ids: list[str]) -> dict[str, dict[str, Any]]:
     store = open_store(redis_address, registry)
     specs = USER_FEATURES if view == USER_VIEW else ITEM_FEATURES
-    join_key = "user_id" if view == USER_VIEW else "item_id"
+    join_key = JOIN_KEYS[view]
     refs = [f"{view}:{spec.name}" for spec in specs] + [f"{view}:{AS_OF_FIELD}"]
     rows: dict[str, dict[str, Any]] = {}
     for start in range(0, len(ids), 200):

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from cli.stack import Component
+from feature_repo.layout import redis_host_port
 from features.candidates import decode_candidates, popular_country_key, popular_global_key, user_key
 from simulator.catalog import CatalogItem, write_catalog
 from training.candidates import CandidateConfig, CandidateWriter, generate_candidates
@@ -20,8 +21,7 @@ pytestmark = pytest.mark.integration
 
 
 def client(component: Component) -> redis.Redis:
-    host, _, port = component.address.rpartition(":")
-    return redis.Redis(host=host, port=int(port))
+    return redis.Redis(*redis_host_port(component.address))
 
 
 def test_candidates_are_written_with_a_ttl_and_read_back(redis_server: Component) -> None:

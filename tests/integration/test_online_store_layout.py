@@ -1,4 +1,4 @@
-"""The stream job's sink writes Feast's Redis layout byte for byte, and Feast reads it back."""
+"""The online-store layout against Feast: the sink writes Feast's bytes, Feast reads them, our reads equal Feast's."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 import redis
 
 from cli.stack import Component
-from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
+from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, JOIN_KEYS, USER_VIEW
+from feature_repo.layout import FeatureRow, redis_host_port, view_layouts
 from feature_repo.store import open_store
 from features.definitions import ITEM_FEATURES, USER_FEATURES, FeatureValue
-from streaming.entities import FeatureRow
 from streaming.online_store import KEY_TTL_S, OnlineStoreSink
 
 SAMPLES: dict[str, FeatureValue] = {"int64": -3, "float64": 0.1, "string_list": ["i-ü", ""], "float_list": [0.5, -1.0]}
@@ -35,8 +35,8 @@ def feast_write(store: object, row: FeatureRow) -> None:
     specs = {spec.name: spec.dtype for spec in (*USER_FEATURES, *ITEM_FEATURES)}
     values = {name: value(specs[name], v) for name, v in row.values.items()}
     values[AS_OF_FIELD] = Value(int64_val=row.as_of_ms)
-    join_key = "user_id" if row.view == USER_VIEW else "item_id"
-    key = EntityKey(join_keys=[join_key], entity_values=[Value(string_val=row.entity_id)])
+    key = EntityKey(join_keys=[JOIN_KEYS[row.view]], entity_values=[Value(string_val=row.entity_id)])
+    assert row.timestamp_us is not None, "a row to write has its Feast timestamp"
     stamp = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=row.timestamp_us)
     view = store.get_feature_view(row.view)  # type: ignore[attr-defined]
     store._get_provider().online_write_batch(store.config, view, [(key, values, stamp, None)], None)  # type: ignore[attr-defined]
@@ -45,8 +45,7 @@ def feast_write(store: object, row: FeatureRow) -> None:
 def test_rows_are_byte_for_byte_what_feast_writes_and_feast_reads_them(
     redis_server: Component, feast_registry: Path
 ) -> None:
-    host, _, port = redis_server.address.rpartition(":")
-    client = redis.Redis(host=host, port=int(port))
+    client = redis.Redis(*redis_host_port(redis_server.address))
     rows = [
         FeatureRow(
             USER_VIEW,
@@ -92,3 +91,31 @@ def test_rows_are_byte_for_byte_what_feast_writes_and_feast_reads_them(
     read = store.get_online_features(features=names, entity_rows=[{"item_id": item.entity_id}]).to_dict()
     for spec in ITEM_FEATURES:
         assert read[spec.name] == [item.values[spec.name]], spec.name
+
+
+def test_the_layouts_reads_of_rows_feast_wrote_equal_feasts_own_reads(
+    redis_server: Component, feast_registry: Path
+) -> None:
+    client = redis.Redis(*redis_host_port(redis_server.address))
+    store = open_store(redis_server.address, feast_registry, key_ttl_s=KEY_TTL_S)
+    layouts = view_layouts()
+    rows = [
+        FeatureRow(USER_VIEW, "read-user-ü", {s.name: SAMPLES[s.dtype] for s in USER_FEATURES}, 1_795_000_000_000, 1),
+        FeatureRow(ITEM_VIEW, "read-item-1", {s.name: SAMPLES[s.dtype] for s in ITEM_FEATURES}, 1_795_000_000_500, 1),
+    ]
+    for row in rows:
+        layout = layouts[row.view]
+        client.delete(layout.key(row.entity_id))
+        feast_write(store, row)
+        ours = layout.decode(row.entity_id, client.hmget(layout.key(row.entity_id), layout.read_fields))
+        refs = [f"{row.view}:{name}" for name in layout.names]
+        by_feast = store.get_online_features(features=refs, entity_rows=[{JOIN_KEYS[row.view]: row.entity_id}])
+        feast_row = {name: column[0] for name, column in by_feast.to_dict().items() if name != JOIN_KEYS[row.view]}
+        assert ours is not None
+        assert {**ours.values, AS_OF_FIELD: ours.as_of_ms} == feast_row
+        assert (ours.view, ours.entity_id, ours.as_of_ms) == (row.view, row.entity_id, row.as_of_ms)
+    missing = layouts[USER_VIEW].decode(
+        "nobody", client.hmget(layouts[USER_VIEW].key("nobody"), layouts[USER_VIEW].read_fields)
+    )
+    assert missing is None
+    client.close()

@@ -10,8 +10,9 @@ from confluent_kafka import Consumer, TopicPartition
 
 from features.codec import EventCodec
 from features.events import EventType, InteractionEvent
+from sdk.clock import wall_clock_ms
 from sdk.errors import InvalidEventError
-from sdk.publisher import EventPublisher, wall_clock_ms
+from sdk.publisher import EventPublisher
 from sdk.settings import KafkaSettings
 
 codec = EventCodec()

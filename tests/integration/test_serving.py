@@ -24,12 +24,13 @@ from hypothesis import strategies as st
 
 from bench.serving import SeededWorld, http_json, seed_world, start_api, stop_api, train_model
 from cli.stack import Component, free_port, start_process, stop_process, wait_healthy
-from feature_repo.definitions import ITEM_VIEW, USER_VIEW
+from feature_repo.definitions import ITEM_VIEW, JOIN_KEYS, USER_VIEW
+from feature_repo.layout import redis_host_port, view_layouts
 from feature_repo.store import open_store
 from features.candidates import encode_candidates, popular_global_key, user_key
 from features.definitions import ITEM_FEATURE_NAMES, USER_FEATURE_NAMES
 from features.ranking import ItemMeta, feature_matrix
-from sdk.publisher import wall_clock_ms
+from sdk.clock import wall_clock_ms
 from serving.app import create_app
 from serving.items import PENDING_MAX
 from serving.settings import KafkaEvents, MemoryEvents, RedisOnlineStore, ServingSettings
@@ -37,6 +38,7 @@ from serving.testing import AppClient
 
 ADMIN = {"Authorization": "Bearer dev-admin-key"}
 INGEST = {"Authorization": "Bearer dev-key"}
+LAYOUTS = view_layouts()
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,7 @@ def world(redis_server: Component, feast_registry: Path, tmp_path_factory: pytes
     seeded = seed_world(redis_server.address, state, users=300, items=400, seconds=30, seed=5)
     import redis
 
-    host, _, port = redis_server.address.rpartition(":")
-    client = redis.Redis(host=host, port=int(port))
+    client = redis.Redis(*redis_host_port(redis_server.address))
     client.set(user_key(seeded.users[0]), encode_candidates(seeded.items[:120]))
     client.set(popular_global_key(), encode_candidates(seeded.items[:60]))
     client.close()
@@ -110,11 +111,11 @@ def test_ranked_order_equals_scores_computed_independently_from_feast(
             assert body["degraded"] == [] and body["model"]["version"] == 1
 
             user_row = store.get_online_features(
-                features=[f"{USER_VIEW}:{n}" for n in USER_FEATURE_NAMES], entity_rows=[{"user_id": user}]
+                features=[f"{USER_VIEW}:{n}" for n in USER_FEATURE_NAMES], entity_rows=[{JOIN_KEYS[USER_VIEW]: user}]
             ).to_dict()
             item_rows = store.get_online_features(
                 features=[f"{ITEM_VIEW}:{n}" for n in ITEM_FEATURE_NAMES],
-                entity_rows=[{"item_id": c} for c in candidates],
+                entity_rows=[{JOIN_KEYS[ITEM_VIEW]: c} for c in candidates],
             ).to_dict()
             matrix = feature_matrix(
                 {n: user_row[n][0] for n in USER_FEATURE_NAMES},
@@ -207,17 +208,13 @@ def test_corrupt_hashes_in_redis_degrade_answers_and_never_stop_the_refresh(
 ) -> None:
     import redis
 
-    from serving.online_store import FeastRedisLayout
-
-    layout_item = FeastRedisLayout("freshrank", ITEM_VIEW, "item_id", ITEM_FEATURE_NAMES)
-    layout_user = FeastRedisLayout("freshrank", USER_VIEW, "user_id", USER_FEATURE_NAMES)
+    layout_item, layout_user = LAYOUTS[ITEM_VIEW], LAYOUTS[USER_VIEW]
     bad_item, bad_user = world.items[7], world.users[3]
-    host, _, port = redis_server.address.rpartition(":")
-    client = redis.Redis(host=host, port=int(port))
+    client = redis.Redis(*redis_host_port(redis_server.address))
     saved_item = client.hgetall(layout_item.key(bad_item))
     saved_user = client.hgetall(layout_user.key(bad_user))
-    client.hset(layout_item.key(bad_item), layout_item.fields[0], b"\xff\xfe not a protobuf")
-    client.hset(layout_user.key(bad_user), layout_user.fields[0], b"\xff\xfe not a protobuf")
+    client.hset(layout_item.key(bad_item), layout_item.read_fields[0], b"\xff\xfe not a protobuf")
+    client.hset(layout_user.key(bad_user), layout_user.read_fields[0], b"\xff\xfe not a protobuf")
     try:
         settings = settings_for(redis_server.address, model_registry, world, item_refresh_s=0.2)
         with AppClient(create_app(settings)) as api:
@@ -244,15 +241,12 @@ def test_the_list_and_the_user_row_read_in_one_round_trip_degrade_apart(
 ) -> None:
     import redis
 
-    from serving.online_store import FeastRedisLayout
-
-    layout_user = FeastRedisLayout("freshrank", USER_VIEW, "user_id", USER_FEATURE_NAMES)
+    layout_user = LAYOUTS[USER_VIEW]
     listed_bad_user, bad_listed_user = world.users[4], world.users[5]
-    host, _, port = redis_server.address.rpartition(":")
-    client = redis.Redis(host=host, port=int(port))
+    client = redis.Redis(*redis_host_port(redis_server.address))
     saved_user = client.hgetall(layout_user.key(listed_bad_user))
     client.set(user_key(listed_bad_user), encode_candidates(world.items[:50]))
-    client.hset(layout_user.key(listed_bad_user), layout_user.fields[0], b"\xff\xfe not a protobuf")
+    client.hset(layout_user.key(listed_bad_user), layout_user.read_fields[0], b"\xff\xfe not a protobuf")
     client.set(user_key(bad_listed_user), b"{not json")
     try:
         with AppClient(create_app(settings_for(redis_server.address, model_registry, world))) as api:
@@ -289,8 +283,7 @@ def test_a_read_cut_off_by_its_deadline_or_an_error_reply_never_hands_its_replie
     from serving.online_store import OnlineStoreError, RedisOnlineReader
 
     user_a, user_b = world.users[0], world.users[1]
-    host, _, port = redis_server.address.rpartition(":")
-    admin = redis.Redis(host=host, port=int(port))
+    admin = redis.Redis(*redis_host_port(redis_server.address))
     admin.set(user_key(user_b), encode_candidates(world.items[5:9]))
     admin.hset("freshrank:test:a-hash", "f", "v")
     assert redis_server.process is not None

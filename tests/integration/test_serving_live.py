@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from cli.stack import Component
-from sdk.publisher import wall_clock_ms
+from sdk.clock import wall_clock_ms
 from serving.app import create_app
 from serving.settings import KafkaEvents, RedisOnlineStore, ServingSettings
 from serving.testing import AppClient, write_linear_model

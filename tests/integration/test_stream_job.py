@@ -18,7 +18,7 @@ import pytest
 from cli.stack import Component, start_process, stop_process, wait_healthy
 from features.codec import EventCodec
 from features.events import EventType, InteractionEvent
-from sdk.publisher import wall_clock_ms
+from sdk.clock import wall_clock_ms
 from simulator.catalog import write_catalog
 from tests.integration.streamjob import (
     StreamJob,

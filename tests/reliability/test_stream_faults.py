@@ -21,10 +21,11 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
 from cli.stack import Component
+from feature_repo.layout import redis_host_port
 from features.codec import HEADER, EventCodec
 from features.events import EventType, InteractionEvent
 from features.partitioning import partition_for
-from sdk.publisher import wall_clock_ms
+from sdk.clock import wall_clock_ms
 from simulator.catalog import write_catalog
 from streaming.partition import MAX_REASON_BYTES
 from tests.factories import avro_string_length
@@ -212,8 +213,7 @@ def test_redis_at_maxmemory_then_frozen_is_retried_and_loses_nothing(
     topic = create_topic(bootstrap, PARTITIONS)
     events, categories, world = world_events(1500, seed=15)
     write_catalog(world.catalog(), tmp_path / "catalog.parquet")
-    host, _, port = redis_server.address.rpartition(":")
-    client = redis.Redis(host=host, port=int(port))
+    client = redis.Redis(*redis_host_port(redis_server.address))
     job = start_job(topic)
     assert redis_server.process is not None
     try:

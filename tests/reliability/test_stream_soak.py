@@ -20,7 +20,7 @@ from pathlib import Path
 from cli.stack import Component
 from features.admission import EVICT_AFTER_MS
 from features.events import EventType, InteractionEvent
-from sdk.publisher import wall_clock_ms
+from sdk.clock import wall_clock_ms
 from tests.integration.streamjob import StreamJob, encoded, produce_raw, wait_until
 from tests.reliability.conftest import create_topic
 

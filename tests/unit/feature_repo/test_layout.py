@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from feast.infra.online_stores.helpers import _mmh3
+import pytest
+from feast.infra.online_stores.helpers import _mmh3, _redis_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import DoubleList, StringList, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from feature_repo.definitions import AS_OF_FIELD, USER_VIEW
-from feature_repo.layout import ViewLayout, encode_timestamp, encode_value
-from features.definitions import USER_FEATURES
+from feature_repo.definitions import AS_OF_FIELD, JOIN_KEYS, USER_VIEW
+from feature_repo.layout import (
+    ENTITY_KEY_SERIALIZATION_VERSION,
+    FeatureRow,
+    UndecodableValue,
+    ViewLayout,
+    encode_timestamp,
+    encode_value,
+    redis_host_port,
+    view_layouts,
+)
+from feature_repo.store import open_store, project_name
+from features.definitions import USER_FEATURES, FeatureValue
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 DOUBLES = st.floats(allow_nan=False) | st.sampled_from([0.0, -0.0, math.inf, -math.inf, 5e-324])
@@ -74,3 +87,57 @@ def test_a_row_sets_every_feature_as_of_and_the_timestamp_under_feasts_field_nam
     fields = layout.hash_fields(values, 1_795_000_000_000, 1_795_000_000_000_123)
     expected_names = {_mmh3(f"{USER_VIEW}:{spec.name}") for spec in USER_FEATURES}
     assert set(fields) == expected_names | {_mmh3(f"{USER_VIEW}:{AS_OF_FIELD}"), f"_ts:{USER_VIEW}".encode()}
+
+
+@given(st.lists(st.text(), max_size=5), INT64, DOUBLES.filter(lambda d: d == d))
+def test_decoding_feasts_value_protos_gives_what_was_stored(names: list[str], count: int, share: float) -> None:
+    layout = ViewLayout("freshrank", USER_VIEW, "user_id", USER_FEATURES, AS_OF_FIELD)
+    stored: dict[str, FeatureValue] = {
+        spec.name: {"int64": count, "float64": share, "string_list": names, "float_list": [share]}[spec.dtype]
+        for spec in USER_FEATURES
+    }
+    protos = {
+        "int64": lambda v: Value(int64_val=v),
+        "float64": lambda v: Value(double_val=v),
+        "string_list": lambda v: Value(string_list_val=StringList(val=v)),
+        "float_list": lambda v: Value(double_list_val=DoubleList(val=v)),
+    }
+    raw: list[bytes | None] = [protos[spec.dtype](stored[spec.name]).SerializeToString() for spec in USER_FEATURES]
+    raw.append(Value(int64_val=1_795_000_000_000).SerializeToString())
+    row = layout.decode("u-ü", raw)
+    assert row == FeatureRow(USER_VIEW, "u-ü", stored, 1_795_000_000_000)
+
+
+def test_an_undecodable_field_is_refused_naming_the_feature() -> None:
+    layout = ViewLayout("freshrank", USER_VIEW, "user_id", USER_FEATURES, AS_OF_FIELD)
+    raw: list[bytes | None] = [None] * len(layout.read_fields)
+    raw[1] = b"\xff\xff"
+    with pytest.raises(UndecodableValue, match=USER_FEATURES[1].name):
+        layout.decode("u-1", raw)
+
+
+def test_every_view_is_laid_out_with_its_entitys_join_key_and_the_repos_project(tmp_path: Path) -> None:
+    layouts = view_layouts()
+    config = open_store("127.0.0.1:6379", tmp_path / "registry.db").config
+    assert project_name() == config.project
+    assert ENTITY_KEY_SERIALIZATION_VERSION == config.entity_key_serialization_version
+    for view, join_key in JOIN_KEYS.items():
+        feast_key = _redis_key(config.project, EntityKey(join_keys=[join_key], entity_values=[Value(string_val="e-1")]))
+        assert layouts[view].key("e-1") == feast_key
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("127.0.0.1:6379", ("127.0.0.1", 6379)),
+        (":6380", ("127.0.0.1", 6380)),
+        ("redis.internal:7000,password=secret,ssl=true", ("redis.internal", 7000)),
+    ],
+)
+def test_a_redis_address_is_host_and_port(address: str, expected: tuple[str, int]) -> None:
+    assert redis_host_port(address) == expected
+
+
+def test_a_redis_address_without_a_port_is_refused_saying_so() -> None:
+    with pytest.raises(ValueError, match="not host:port"):
+        redis_host_port("redis.internal")

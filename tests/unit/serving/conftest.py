@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 
+from feature_repo.definitions import ITEM_VIEW, USER_VIEW
+from feature_repo.layout import FeatureRow
 from features.candidates import popular_country_key, popular_global_key, user_key
 from serving.app import create_app
 from serving.events import MemoryEventSink
-from serving.online_store import FeatureRow, InMemoryOnlineStore
+from serving.online_store import InMemoryOnlineStore
 from serving.settings import MemoryEvents, MemoryOnlineStore, ServingSettings
 from serving.testing import AppClient, write_linear_model
 from simulator.catalog import CatalogItem, write_catalog
@@ -25,6 +27,8 @@ def item_row(n: int) -> FeatureRow:
     impressions = 100 + n
     clicks = n
     return FeatureRow(
+        ITEM_VIEW,
+        ITEMS[n],
         {
             "item_impressions_24h": impressions,
             "item_clicks_24h": clicks,
@@ -42,7 +46,9 @@ def store() -> InMemoryOnlineStore:
     memory.lists[user_key("u-1")] = list(ITEMS[:40])
     memory.lists[popular_global_key()] = list(reversed(ITEMS[:30]))
     memory.lists[popular_country_key("DE")] = list(ITEMS[30:50])
-    memory.users["u-1"] = FeatureRow({"user_last_item_ids": ["item-39"], "user_clicks_1h": 2}, NOW_MS - 500)
+    memory.users["u-1"] = FeatureRow(
+        USER_VIEW, "u-1", {"user_last_item_ids": ["item-39"], "user_clicks_1h": 2}, NOW_MS - 500
+    )
     return memory
 
 

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import numpy as np
 
+from feature_repo.definitions import ITEM_VIEW
+from feature_repo.layout import FeatureRow
 from features.events import EventType
 from features.item import ItemFeatures
 from features.ranking import CatalogColumns, ItemMeta, feature_matrix, feature_matrix_columns
 from features.user import UserFeatures
 from serving.items import ITEM_COLUMNS, Catalog, ItemFeatureCache, ItemSnapshot
 from serving.metrics import ServingMetrics
-from serving.online_store import FeatureRow, InMemoryOnlineStore
+from serving.online_store import InMemoryOnlineStore
 from simulator.catalog import CatalogItem, write_catalog
 from tests.factories import NOW_MS, make_event
 
@@ -28,7 +30,7 @@ def live_rows() -> tuple[dict[str, object], dict[str, FeatureRow]]:
         for m in range(n):
             kind = EventType.CLICK if m % 2 else EventType.IMPRESSION
             state.apply(make_event(event_id=f"i{n}-{m}", item_id=f"i-{n}", event_type=kind, event_time_ms=NOW_MS - m))
-        items[f"i-{n}"] = FeatureRow(dict(state.values(NOW_MS)), NOW_MS)
+        items[f"i-{n}"] = FeatureRow(ITEM_VIEW, f"i-{n}", dict(state.values(NOW_MS)), NOW_MS)
     return dict(user.values(NOW_MS)), items
 
 

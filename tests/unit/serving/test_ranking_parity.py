@@ -20,10 +20,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from feature_repo.definitions import USER_VIEW
+from feature_repo.layout import FeatureRow
 from features.candidates import user_key
 from features.definitions import CTR_PRIOR_ALPHA, CTR_PRIOR_BETA
 from features.ranking import ItemMeta, feature_matrix
-from serving.online_store import FeatureRow, InMemoryOnlineStore
+from serving.online_store import InMemoryOnlineStore
 from serving.policies import PolicyConfig, choose_slate
 from serving.schemas import RankResponse
 from serving.testing import AppClient, write_linear_model
@@ -90,7 +92,7 @@ def test_every_answer_equals_the_plain_recomputation(
                 "user_affinity_scores": [float(rng.random()), float(rng.random())],
                 "user_seconds_since_last_event": int(rng.integers(0, 3600)),
             }
-            store.users[user_id] = FeatureRow(user, NOW_MS - 1000)
+            store.users[user_id] = FeatureRow(USER_VIEW, user_id, user, NOW_MS - 1000)
         candidates = [str(c) for c in rng.choice(ITEMS + ["not-in-store", "not-anywhere"], 30, replace=False)]
         candidates += candidates[:3]  # duplicates are dropped, first occurrence kept
         k = int(rng.integers(5, 25))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from feature_repo.definitions import USER_VIEW
+from feature_repo.layout import FeatureRow
 from features.candidates import user_key
 from serving import app as app_module
 from serving import items as items_module
@@ -17,7 +19,7 @@ from serving.app import create_app
 from serving.events import MemoryEventSink
 from serving.items import ABSENT_MAX, PENDING_MAX, Catalog, ItemFeatureCache
 from serving.metrics import ServingMetrics
-from serving.online_store import FeatureRow, InMemoryOnlineStore
+from serving.online_store import InMemoryOnlineStore
 from serving.settings import MemoryEvents, MemoryOnlineStore, ServingSettings
 from serving.testing import AppClient
 from tests.unit.serving.conftest import ITEMS
@@ -65,7 +67,10 @@ def test_a_user_row_of_the_wrong_shape_ranks_as_a_user_without_features(
 ) -> None:
     # Decodable, but the affinity lists disagree in length and hold the wrong types.
     store.users["odd"] = FeatureRow(
-        {"user_affinity_categories": ["news", 3], "user_affinity_scores": "x", "user_last_item_ids": [1, None]}, 1
+        USER_VIEW,
+        "odd",
+        {"user_affinity_categories": ["news", 3], "user_affinity_scores": "x", "user_last_item_ids": [1, None]},
+        1,
     )
     response = client.post("/v1/rank", json={"user_id": "odd", "candidates": ITEMS[:5]})
     assert response.status_code == 200, response.text

@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import random
 
+from feature_repo.layout import FeatureRow
 from features.declared import AggregationSpec, DeclaredView, replay_declared
 from features.definitions import WindowSpec
 from features.events import EventType, InteractionEvent
-from streaming.entities import FeatureRow, MemoryStore
+from streaming.entities import MemoryStore
 from streaming.partition import PartitionProcessor, ProcessorConfig
 from streaming.testing import MemoryPartition, records_for
 from tests.factories import NOW_MS

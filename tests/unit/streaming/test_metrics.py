@@ -48,8 +48,9 @@ def test_metrics_stay_in_process_memory_even_after_feast_asked_for_files() -> No
 
 
 def test_the_freshness_gauges_count_the_rows_of_every_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from feature_repo.layout import FeatureRow
+    from sdk.clock import wall_clock_ms
     from streaming import operators
-    from streaming.entities import FeatureRow
     from streaming.settings import StreamSettings
 
     class Sink:
@@ -69,7 +70,7 @@ def test_the_freshness_gauges_count_the_rows_of_every_writer(monkeypatch: pytest
     users, items = operators.RowWriter(StreamSettings()), operators.RowWriter(StreamSettings())
     tracker = metrics.recent_freshness(60.0)
     before = REGISTRY.get_sample_value("freshrank_stream_freshness_recent_samples") or 0.0
-    now = operators.now_ms()
+    now = wall_clock_ms()
     users.write([FeatureRow("user_stream_features", f"u{n}", {}, now, n, now) for n in range(3)])
     items.write([FeatureRow("item_stream_features", f"i{n}", {}, now, n, now) for n in range(2)])
     tracker._published = -float("inf")

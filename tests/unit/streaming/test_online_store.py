@@ -49,8 +49,8 @@ def test_keys_expire_with_the_views_ttl() -> None:
 
 
 def test_each_key_gets_one_expire_per_rearm_period_and_again_after_a_failed_write() -> None:
+    from feature_repo.layout import FeatureRow
     from streaming import online_store
-    from streaming.entities import FeatureRow
     from streaming.errors import OnlineStoreUnavailable
 
     class Pipeline:
