@@ -32,19 +32,13 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
-from cli.stack import (
-    StackSettings,
-    broker_component,
-    free_port,
-    free_ports,
-    redis_component,
-    running,
-    scrape,
-    scrape_all,
-    stream_component,
-)
 from sdk.publisher import EventPublisher, publish_paced, wall_clock_ms
 from sdk.settings import KafkaSettings
+from stack.components import broker_component, redis_component, stream_component
+from stack.health import scrape, scrape_all
+from stack.ports import free_port, free_ports
+from stack.processes import running
+from stack.settings import StackSettings
 from training.synthetic import SyntheticWorld, WorldConfig, write_catalog
 
 

@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 
 from bench.freshness import quantiles
-from cli.stack import StackSettings, free_port, redis_component, running, scrape
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
 from features.candidates import encode_candidates, popular_global_key, user_key
 from features.definitions import ITEM_FEATURE_NAMES, USER_FEATURE_NAMES
@@ -49,6 +48,11 @@ from features.item import replay_item
 from features.ranking import ItemMeta, feature_matrix
 from features.user import replay_user
 from sdk.publisher import wall_clock_ms
+from stack.components import redis_component
+from stack.health import scrape
+from stack.ports import free_port
+from stack.processes import running
+from stack.settings import StackSettings
 from streaming.entities import FeatureRow
 from streaming.online_store import OnlineStoreSink
 from training.registry import load as load_registered

@@ -23,24 +23,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cli.stack import (
-    Component,
-    StackError,
-    StackSettings,
-    Supervisor,
-    component_health,
-    flink_detail,
-    flink_problems,
-    java_version,
-    local_components,
-    pid_alive,
-    read_state,
-    stop_group,
-    stream_detail,
-    stream_problems,
-    tail,
-    wait_ports_free,
-)
+from stack.components import java_version, local_components
+from stack.health import component_health, flink_detail, flink_problems, stream_detail, stream_problems
+from stack.ports import wait_ports_free
+from stack.processes import Component, pid_alive, stop_group, tail
+from stack.settings import StackError, StackSettings
+from stack.supervisor import Supervisor, read_state
 
 if TYPE_CHECKING:
     from training.sources import EventSource
@@ -428,7 +416,7 @@ def stream(
         if not settings.task_managers:
             run(settings)
             return
-        from cli.cluster import run_cluster
+        from stack.flink_cluster import run_cluster
 
         # A declared view the job cannot run is refused here, before any Flink process starts (as run() does).
         load_declared_views(settings)

@@ -18,7 +18,6 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from cli.stack import free_port, free_ports, metrics_healthy, scrape_all
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
 from feature_repo.store import open_store
 from features.admission import admitted_events
@@ -29,6 +28,8 @@ from features.item import replay_item
 from features.partitioning import partition_for
 from features.user import replay_user
 from sdk.publisher import wall_clock_ms
+from stack.health import metrics_healthy, scrape_all
+from stack.ports import free_port, free_ports
 from streaming.metrics import metrics_addresses
 from training.synthetic import SyntheticWorld, WorldConfig
 

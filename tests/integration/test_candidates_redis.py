@@ -9,8 +9,8 @@ import redis
 from typer.testing import CliRunner
 
 from cli.main import app
-from cli.stack import Component
 from features.candidates import decode_candidates, popular_country_key, popular_global_key, user_key
+from stack.processes import Component
 from training.candidates import CandidateConfig, CandidateWriter, generate_candidates
 from training.eventlog import write_events
 from training.sources import synthetic_source

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import redis
 
-from cli.stack import Component
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
 from feature_repo.store import open_store
 from features.definitions import ITEM_FEATURES, USER_FEATURES, FeatureValue
+from stack.processes import Component
 from streaming.entities import FeatureRow
 from streaming.online_store import KEY_TTL_S, OnlineStoreSink
 

@@ -23,7 +23,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.serving import SeededWorld, http_json, seed_world, start_api, stop_api, train_model
-from cli.stack import Component, free_port, start_process, stop_process, wait_healthy
 from feature_repo.definitions import ITEM_VIEW, USER_VIEW
 from feature_repo.store import open_store
 from features.candidates import encode_candidates, popular_global_key, user_key
@@ -34,6 +33,8 @@ from serving.app import create_app
 from serving.items import PENDING_MAX
 from serving.settings import KafkaEvents, MemoryEvents, RedisOnlineStore, ServingSettings
 from serving.testing import AppClient
+from stack.ports import free_port
+from stack.processes import Component, start_process, stop_process, wait_healthy
 
 ADMIN = {"Authorization": "Bearer dev-admin-key"}
 INGEST = {"Authorization": "Bearer dev-key"}

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from cli.stack import Component
 from sdk.publisher import wall_clock_ms
 from serving.app import create_app
 from serving.settings import KafkaEvents, RedisOnlineStore, ServingSettings
 from serving.testing import AppClient, write_linear_model
+from stack.processes import Component
 from tests.integration.streamjob import StreamJob
 from training.synthetic import CatalogItem, write_catalog
 

@@ -12,24 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import _flink_text, app
-from cli.stack import (
-    Component,
-    StackError,
-    StackSettings,
-    claim_port,
-    ephemeral_port_range,
-    flink_detail,
-    flink_problems,
-    free_port,
-    free_ports,
-    group_members,
-    http_healthy,
-    java_version,
-    port_bindable,
-    scrape,
-    stop_group,
-    stream_component,
-)
+from stack.components import java_version, stream_component
+from stack.health import flink_detail, flink_problems, http_healthy, scrape
+from stack.ports import claim_port, ephemeral_port_range, free_port, free_ports, port_bindable
+from stack.processes import Component, group_members, stop_group
+from stack.settings import StackError, StackSettings
 from tests.py4j_like_server import py4j_like_server
 
 runner = CliRunner()
@@ -102,11 +89,11 @@ def test_a_free_port_skips_ports_that_listen(monkeypatch: pytest.MonkeyPatch) ->
         taken.listen()
         port = taken.getsockname()[1]
         # Only the taken port and one more below the "ephemeral range": the free one is picked.
-        monkeypatch.setattr("cli.stack._FREE_PORTS_FROM", port)
-        monkeypatch.setattr("cli.stack.ephemeral_port_range", lambda: (port + 2, 60999))
+        monkeypatch.setattr("stack.ports._FREE_PORTS_FROM", port)
+        monkeypatch.setattr("stack.ports.ephemeral_port_range", lambda: (port + 2, 60999))
         if port_bindable("127.0.0.1", port + 1) is not None:
             pytest.skip(f"port {port + 1} is busy on this machine")
-        monkeypatch.setattr("cli.stack._handed_out", set())
+        monkeypatch.setattr("stack.ports._handed_out", set())
         assert free_port() == port + 1
         # Handed out once, never again from this process: the next pick is the kernel's (the fallback).
         assert free_port() != port + 1
