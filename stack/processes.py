@@ -155,6 +155,19 @@ def stop_process(component: Component, grace_s: float = 10.0) -> None:
         process.wait(grace_s)
 
 
+def signal_process(component: Component, sig: int, timeout_s: float = 60.0) -> None:
+    """Send `sig` to the component's whole process group; returns once its leader has exited.
+
+    With SIGKILL this is a crash (how the fault tests kill a job): unlike `stop_process` nothing gets a grace period.
+    """
+    process = component.process
+    if process is None or process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+    process.wait(timeout_s)
+
+
 def tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
