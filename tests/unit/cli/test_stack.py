@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import _flink_text, app
+from cli.local_stack import _flink_text
+from cli.main import app
 from stack.components import java_version, stream_component
 from stack.health import flink_detail, flink_problems, http_healthy, scrape
 from stack.ports import claim_port, ephemeral_port_range, free_port, free_ports, port_bindable
