@@ -48,30 +48,27 @@ SERVING_TREES = 30
 
 def resolve_bootstrap(explicit: str | None, state_dir: Path | None) -> str:
     """Explicit option, else FRESHRANK_KAFKA_BOOTSTRAP_SERVERS, else the running local stack, else the default."""
-    if explicit:
-        return explicit
-    from_env = os.environ.get("FRESHRANK_KAFKA_BOOTSTRAP_SERVERS")
-    if from_env:
-        return from_env
-    state = read_state(stack_settings(state_dir))
-    if state and "broker" in state.get("components", {}):
-        return str(state["components"]["broker"]["address"])
     from sdk.settings import DEFAULT_BOOTSTRAP
 
-    return DEFAULT_BOOTSTRAP
+    return _address(explicit, "FRESHRANK_KAFKA_BOOTSTRAP_SERVERS", "broker", state_dir) or DEFAULT_BOOTSTRAP
 
 
 def resolve_redis(explicit: str | None) -> str:
     """Explicit option, else FRESHRANK_REDIS_ADDRESS, else the running local stack's Redis, else 127.0.0.1:6379."""
+    return _address(explicit, "FRESHRANK_REDIS_ADDRESS", "redis", None) or "127.0.0.1:6379"
+
+
+def _address(explicit: str | None, variable: str, component: str, state_dir: Path | None) -> str | None:
+    """The explicit value, else the variable, else the address of the local stack's `component` if one runs."""
     if explicit:
         return explicit
-    from_env = os.environ.get("FRESHRANK_REDIS_ADDRESS")
+    from_env = os.environ.get(variable)
     if from_env:
         return from_env
-    state = read_state(stack_settings(None))
-    if state and "redis" in state.get("components", {}):
-        return str(state["components"]["redis"]["address"])
-    return "127.0.0.1:6379"
+    state = read_state(stack_settings(state_dir))
+    if state and component in state.get("components", {}):
+        return str(state["components"][component]["address"])
+    return None
 
 
 def progress_bar() -> Progress:
