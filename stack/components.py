@@ -1,9 +1,8 @@
 """The components of the embedded local stack: real broker, Redis, stream job and feed API processes.
 
-`freshrank up` runs a `Supervisor` that starts each `Component` as a child
-process, waits until it answers, restarts it if it dies, and records what it
-runs in `<state_dir>/state.json` so `freshrank status` and `freshrank down`
-can find it from another process. The test fixtures start the same
+Each is a `Component` (stack.processes): the command, its environment and the
+probe that says it works. `freshrank up` hands them to the `Supervisor`
+(stack.supervisor); the test fixtures and benchmarks start the same
 components, so tests run what users run.
 
 This module never hides a failed start: a taken port, a missing binary or a
