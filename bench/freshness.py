@@ -32,23 +32,17 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]
 
-from cli.stack import (
-    StackSettings,
-    broker_component,
-    free_port,
-    free_ports,
-    redis_component,
-    running,
-    scrape,
-    scrape_all,
-    stream_component,
-)
 from sdk.clock import wall_clock_ms
 from sdk.publisher import EventPublisher, publish_paced
 from sdk.settings import KafkaSettings
 from simulator.catalog import read_catalog, write_catalog
 from simulator.config import WorldConfig
 from simulator.world import SyntheticWorld
+from stack.components import broker_component, redis_component, stream_component
+from stack.health import scrape, scrape_all
+from stack.ports import free_port, free_ports
+from stack.processes import running
+from stack.settings import StackSettings
 
 
 def quantiles(samples_ms: list[float]) -> dict[str, float]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,6 @@ from typing import Any
 import numpy as np
 
 from bench.freshness import quantiles
-from cli.stack import StackSettings, free_port, redis_component, running, scrape
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, USER_VIEW
 from feature_repo.layout import FeatureRow, redis_host_port
 from features.candidates import encode_candidates, popular_global_key, user_key
@@ -54,6 +52,11 @@ from sdk.clock import wall_clock_ms
 from simulator.catalog import CatalogItem, write_catalog
 from simulator.config import WorldConfig
 from simulator.world import SyntheticWorld
+from stack.components import redis_component
+from stack.health import http_healthy, scrape
+from stack.ports import free_port
+from stack.processes import Component, running
+from stack.settings import StackSettings
 from streaming.online_store import OnlineStoreSink
 
 Log = Callable[[str], None]
@@ -168,33 +171,17 @@ def http_json(url: str, timeout_s: float = 5.0) -> tuple[int, Any]:
         return 0, None
 
 
-def start_api(env: dict[str, str], port: int, log_path: Path, timeout_s: float = 120.0) -> subprocess.Popen[bytes]:
-    """`freshrank serve` in its own process group; returns once /readyz says a model is loaded."""
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cli", "serve", "--log-level", "warning"],
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + timeout_s
-    while http_json(f"http://127.0.0.1:{port}/readyz", 1.0)[0] != 200:
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop_api(process)
-            raise RuntimeError(f"the feed API did not become ready; log:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.2)
-    return process
-
-
-def stop_api(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+def api_component(env: dict[str, str], port: int) -> Component:
+    """`freshrank serve` with `env` added to this process's environment; healthy once /readyz says a model is loaded."""
+    address = f"127.0.0.1:{port}"
+    return Component(
+        name="serve",
+        address=address,
+        command=[sys.executable, "-m", "cli", "serve", "--log-level", "warning"],
+        healthy=lambda: http_healthy(address, "/readyz", timeout_s=1.0),
+        env=env,
+        startup_timeout_s=120.0,
+    )
 
 
 def raw_requests(world: SeededWorld, port: int, path: str, n_candidates: int, count: int = 500) -> list[str]:
@@ -481,19 +468,18 @@ def run(
                 "FRESHRANK_SERVE_WORKERS": str(workers),
                 "FRESHRANK_SERVE_ENVIRONMENT": "dev",
             }
-            api = start_api(env, port, work / "logs" / "serve.log")
-            try:
+            with running(api_component(env, port), work / "logs") as api:
+                assert api.process is not None
+                pgid = api.process.pid  # its own process group: the uvicorn workers are in it
                 requests = raw_requests(world, port, path, candidates)
                 log(f"warm-up, then {rps:.0f} requests/s for {seconds:.0f} s ({path}, {candidates} candidates)")
                 run_load(port, min(rps, 50), 3, requests, work)
-                window = measure(port, api.pid, rps, seconds, requests, work)
+                window = measure(port, pgid, rps, seconds, requests, work)
                 _, sample = http_json(f"http://127.0.0.1:{port}/v1/feed/{world.users[0]}")
                 capacity = None
                 if find_max:
                     log(f"capacity of {workers} worker(s): the highest rate with p99 <= 10 ms and < 1 % degraded")
-                    capacity = find_max_rate(port, api.pid, requests, work, step_seconds, log)
-            finally:
-                stop_api(api)
+                    capacity = find_max_rate(port, pgid, requests, work, step_seconds, log)
             log("baseline: Feast get_online_features + the same model")
             baseline = run_baseline(
                 redis.address, feast_registry, world, model_dir, candidates, baseline_seconds or min(seconds, 20)

@@ -1,1 +1,1 @@
-"""The `freshrank` command line and the embedded local stack it supervises."""
+"""The `freshrank` command line: a typer sub-app per area, over the packages; nothing imports cli/."""

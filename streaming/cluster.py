@@ -9,14 +9,14 @@ parallelism N on N cores; it is also how the job runs under the Flink operator
 
 This module builds the cluster's configuration directory, the commands that
 start the JobManager, the TaskManagers and the submission, and each
-TaskManager's environment. It starts no process: `cli/cluster.py` supervises
+TaskManager's environment. It starts no process: `stack/flink_cluster.py` supervises
 them with the local stack's process helpers.
 
 Metrics: each TaskManager's interpreter serves /metrics on its own port, the
 job's `metrics_port` plus the TaskManager's index (TaskManager 0 on
 `metrics_port`, 1 on `metrics_port + 1`, ...), told through the TaskManager's
 environment (`TASK_MANAGER_METRICS_PORT_ENV`, read by `streaming.metrics.serve`).
-Readers scrape them all and sum the counters (`cli.stack.scrape_all`).
+Readers scrape them all and sum the counters (`stack.health.scrape_all`).
 """
 
 from __future__ import annotations

@@ -16,8 +16,11 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from cli.stack import Component, StackSettings, broker_component, free_port, redis_component, running
 from feature_repo.store import apply
+from stack.components import broker_component, redis_component
+from stack.ports import free_port
+from stack.processes import Component, running
+from stack.settings import StackSettings
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import random
 import signal
 import subprocess
@@ -18,7 +16,6 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from cli.stack import free_port, free_ports, metrics_healthy, scrape_all
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, JOIN_KEYS, USER_VIEW
 from feature_repo.store import open_store
 from features.admission import admitted_events
@@ -31,6 +28,10 @@ from features.user import replay_user
 from sdk.clock import wall_clock_ms
 from simulator.config import WorldConfig
 from simulator.world import SyntheticWorld
+from stack.health import metrics_healthy, scrape_all
+from stack.ports import free_port, free_ports
+from stack.processes import Component, signal_process, start_process, wait_healthy
+from stack.settings import StackError
 from streaming.metrics import metrics_addresses
 
 
@@ -39,10 +40,14 @@ class StreamJob:
     """`python -m cli stream` in its own process group, so a SIGKILL takes the Flink JVM down too."""
 
     env: dict[str, str]
-    log_path: Path
     metrics_port: int
     dashboard: str
-    process: subprocess.Popen[bytes] | None = None
+    work_dir: Path
+    component: Component | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.work_dir / "stream.log"  # start_process writes <log dir>/<component name>.log
 
     @staticmethod
     def configured(
@@ -76,7 +81,7 @@ class StreamJob:
             "FRESHRANK_STREAM_FLINK_LOG_DIR": str(work_dir / "flink-logs"),
         }
         env.update({f"FRESHRANK_STREAM_{name.upper()}": value for name, value in settings.items()})
-        return StreamJob(env, work_dir / "stream.log", port, f"http://127.0.0.1:{ui_port}")
+        return StreamJob(env, port, f"http://127.0.0.1:{ui_port}", work_dir)
 
     @property
     def metrics_addresses(self) -> list[str]:
@@ -84,29 +89,31 @@ class StreamJob:
         task_managers = int(self.env.get("FRESHRANK_STREAM_TASK_MANAGERS", "0"))
         return metrics_addresses("127.0.0.1", self.metrics_port, task_managers)
 
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.component.process if self.component else None
+
     def start(self, timeout_s: float = 240.0) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "cli", "stream"],
-                env={**os.environ, **self.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout_s
-        while not metrics_healthy(self.metrics_addresses):
-            assert self.process.poll() is None, f"stream job exited: {self.log_path.read_text()[-3000:]}"
-            if time.monotonic() > deadline:
-                # Killed here: a job left running would outlive the test and fail a later one.
-                self.kill()
-                raise AssertionError(f"stream job did not start in {timeout_s:.0f} s; its Flink log: {self.log_path}")
-            time.sleep(0.5)
+        """Start the job with `env` as it is now; returns once every process of it serves /metrics."""
+        self.component = Component(
+            name="stream",
+            address=f"127.0.0.1:{self.metrics_port}",
+            command=[sys.executable, "-m", "cli", "stream"],
+            healthy=lambda: metrics_healthy(self.metrics_addresses),
+            env=dict(self.env),
+        )
+        start_process(self.component, self.log_path.parent)
+        try:
+            wait_healthy(self.component, self.log_path.parent, timeout_s)
+        except StackError:
+            # Killed here: a job left running would outlive the test and fail a later one.
+            self.kill()
+            raise
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
-            self.process.wait(60)
+        """`sig` to the job's whole process group (SIGKILL: a crash); returns once its leader has exited."""
+        if self.component is not None:
+            signal_process(self.component, sig)
 
     def flink_log(self) -> str:
         """Flink's log of this job's work dir: the operators' log lines are here."""

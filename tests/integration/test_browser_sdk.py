@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from cli.stack import free_port
 from feature_repo.definitions import USER_VIEW
+from stack.ports import free_port
 from tests.integration.streamjob import online_rows
 
 SDK_DIR = Path(__file__).resolve().parents[2] / "sdk" / "js"

@@ -9,10 +9,10 @@ import redis
 from typer.testing import CliRunner
 
 from cli.main import app
-from cli.stack import Component
 from feature_repo.layout import redis_host_port
 from features.candidates import decode_candidates, popular_country_key, popular_global_key, user_key
 from simulator.catalog import CatalogItem, write_catalog
+from stack.processes import Component
 from training.candidates import CandidateConfig, CandidateWriter, generate_candidates
 from training.eventlog import write_events
 from training.sources import synthetic_source

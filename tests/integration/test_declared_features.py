@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from cli.stack import Component
 from feature_repo.declared import drafts_from_registry
 from feature_repo.store import REPO_PATH, apply, open_store
 from features.declared import DeclaredView, replay_declared, validate_all
 from features.events import InteractionEvent
 from simulator.catalog import write_catalog
+from stack.processes import Component
 from tests.integration.streamjob import (
     StreamJob,
     encoded,

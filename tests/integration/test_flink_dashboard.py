@@ -17,8 +17,9 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from cli.stack import Component, flink_detail, flink_problems
 from simulator.catalog import write_catalog
+from stack.health import flink_detail, flink_problems
+from stack.processes import Component
 from streaming.flink_rest import JOB_NAME
 from tests.integration.streamjob import StreamJob, encoded, produce_raw, wait_until, world_events
 

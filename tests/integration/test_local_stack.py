@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from cli.stack import group_members, pid_alive, wait_ports_free
+from stack.ports import wait_ports_free
+from stack.processes import group_members, pid_alive
 
 
 def freshrank(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import redis
 
-from cli.stack import Component
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, JOIN_KEYS, USER_VIEW
 from feature_repo.layout import FeatureRow, redis_host_port, view_layouts
 from feature_repo.store import open_store
 from features.definitions import ITEM_FEATURES, USER_FEATURES, FeatureValue
+from stack.processes import Component
 from streaming.online_store import KEY_TTL_S, OnlineStoreSink
 
 SAMPLES: dict[str, FeatureValue] = {"int64": -3, "float64": 0.1, "string_list": ["i-ü", ""], "float_list": [0.5, -1.0]}

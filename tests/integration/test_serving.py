@@ -22,8 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.serving import SeededWorld, http_json, seed_world, start_api, stop_api, train_model
-from cli.stack import Component, free_port, start_process, stop_process, wait_healthy
+from bench.serving import SeededWorld, api_component, http_json, seed_world, train_model
 from feature_repo.definitions import ITEM_VIEW, JOIN_KEYS, USER_VIEW
 from feature_repo.layout import redis_host_port, view_layouts
 from feature_repo.store import open_store
@@ -35,6 +34,8 @@ from serving.app import create_app
 from serving.items import PENDING_MAX
 from serving.settings import KafkaEvents, MemoryEvents, RedisOnlineStore, ServingSettings
 from serving.testing import AppClient
+from stack.ports import free_port
+from stack.processes import Component, running, start_process, stop_process, wait_healthy
 
 ADMIN = {"Authorization": "Bearer dev-admin-key"}
 INGEST = {"Authorization": "Bearer dev-key"}
@@ -375,14 +376,11 @@ def test_freshrank_serve_runs_as_a_process(
         "FRESHRANK_SERVE_EVENTS__TYPE": "memory",
         "FRESHRANK_SERVE_ENVIRONMENT": "dev",
     }
-    api = start_api(env, port, tmp_path / "serve.log")
-    try:
+    with running(api_component(env, port), tmp_path):
         status, body = http_json(f"http://127.0.0.1:{port}/v1/feed/{world.users[0]}?k=5")
         assert status == 200 and len(body["items"]) == 5 and body["degraded"] == []
         status, spec = http_json(f"http://127.0.0.1:{port}/openapi.json")
         assert status == 200 and "/v1/rank" in spec["paths"]
-    finally:
-        stop_api(api)
 
 
 # --- malformed requests: 4xx with a reason, never 5xx (property-based) --------------------

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from cli.stack import Component
 from sdk.clock import wall_clock_ms
 from serving.app import create_app
 from serving.settings import KafkaEvents, RedisOnlineStore, ServingSettings
 from serving.testing import AppClient, write_linear_model
 from simulator.catalog import CatalogItem, write_catalog
+from stack.processes import Component
 from tests.integration.streamjob import StreamJob
 
 KEY = {"X-API-Key": "dev-key"}

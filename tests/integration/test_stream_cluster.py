@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.stack import Component, pid_alive
 from simulator.catalog import write_catalog
+from stack.processes import Component, pid_alive
 from streaming.flink_rest import job_status, registered_task_managers
 from tests.integration.streamjob import (
     StreamJob,

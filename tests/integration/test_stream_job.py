@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from cli.stack import Component, start_process, stop_process, wait_healthy
 from features.codec import EventCodec
 from features.events import EventType, InteractionEvent
 from sdk.clock import wall_clock_ms
 from simulator.catalog import write_catalog
+from stack.processes import Component, start_process, stop_process, wait_healthy
 from tests.integration.streamjob import (
     StreamJob,
     encoded,

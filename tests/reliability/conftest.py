@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from cli.stack import Component
+from stack.processes import Component
 from tests.integration.conftest import (  # noqa: F401 - fixtures
     bootstrap,
     broker,

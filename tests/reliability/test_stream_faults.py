@@ -20,13 +20,13 @@ from feast.infra.online_stores.helpers import _redis_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
-from cli.stack import Component
 from feature_repo.layout import redis_host_port
 from features.codec import HEADER, EventCodec
 from features.events import EventType, InteractionEvent
 from features.partitioning import partition_for
 from sdk.clock import wall_clock_ms
 from simulator.catalog import write_catalog
+from stack.processes import Component
 from streaming.partition import MAX_REASON_BYTES
 from tests.factories import avro_string_length
 from tests.integration.streamjob import (

@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cli.stack import Component
 from features.admission import EVICT_AFTER_MS
 from features.events import EventType, InteractionEvent
 from sdk.clock import wall_clock_ms
+from stack.processes import Component
 from tests.integration.streamjob import StreamJob, encoded, produce_raw, wait_until
 from tests.reliability.conftest import create_topic
 

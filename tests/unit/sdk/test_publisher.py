@@ -6,11 +6,11 @@ import pytest
 from confluent_kafka import KafkaError
 from pydantic import SecretStr, ValidationError
 
-from cli.stack import free_port
 from features.events import InteractionEvent
 from sdk.errors import InvalidEventError, PublisherBackpressure, PublisherClosedError, UndeliveredEventsError
 from sdk.publisher import EventPublisher
 from sdk.settings import KafkaSettings
+from stack.ports import free_port
 from tests.factories import NOW_MS, make_event
 
 

@@ -12,13 +12,13 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 import sdk.publisher
-from cli.stack import free_port
 from serving.app import create_app
 from serving.events import KafkaEventSink
 from serving.metrics import ServingMetrics
 from serving.online_store import InMemoryOnlineStore
 from serving.settings import KafkaEvents, MemoryOnlineStore, ServingSettings
 from serving.testing import AppClient
+from stack.ports import free_port
 from tests.factories import NOW_MS, make_event
 from tests.unit.serving.test_app import KEY, event
 

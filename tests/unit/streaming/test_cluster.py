@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cli.cluster import ClusterError, plan_cluster
-from cli.stack import StackSettings, free_port, scrape, scrape_all, stream_component, stream_detail
+from stack.components import stream_component
+from stack.flink_cluster import ClusterError, plan_cluster
+from stack.health import scrape, scrape_all, stream_detail
+from stack.ports import free_port
+from stack.settings import StackSettings
 from streaming.cluster import (
     ClusterPlan,
     cluster_options,

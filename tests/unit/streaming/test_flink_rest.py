@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cli.stack import free_port
+from stack.ports import free_port
 from streaming.errors import FlinkRestUnavailable
 from streaming.flink_rest import job_status
 from tests.py4j_like_server import py4j_like_server

@@ -9,7 +9,7 @@ import sys
 import pytest
 from prometheus_client import REGISTRY
 
-from cli.stack import stream_problems
+from stack.health import stream_problems
 from streaming import metrics
 
 

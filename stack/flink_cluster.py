@@ -16,17 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cli.stack import (
-    Component,
-    StackError,
-    free_port,
-    http_healthy,
-    port_bindable,
-    start_process,
-    stop_process,
-    tail,
-    wait_healthy,
-)
+from stack.health import http_healthy
+from stack.ports import free_port, port_bindable
+from stack.processes import Component, start_process, stop_process, tail, wait_healthy
+from stack.settings import StackError
 from streaming.cluster import (
     ClusterPlan,
     base_env,

@@ -1,4 +1,4 @@
-"""Start-up errors a user can fix must say what to do, not print a traceback."""
+"""The local stack's ports, processes and probes: failures a user can fix say what to do; nothing is left behind."""
 
 from __future__ import annotations
 
@@ -11,25 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import _flink_text, app
-from cli.stack import (
-    Component,
-    StackError,
-    StackSettings,
-    claim_port,
-    ephemeral_port_range,
-    flink_detail,
-    flink_problems,
-    free_port,
-    free_ports,
-    group_members,
-    http_healthy,
-    java_version,
-    port_bindable,
-    scrape,
-    stop_group,
-    stream_component,
-)
+from stack.components import java_version, stream_component
+from stack.health import flink_problems, http_healthy, scrape
+from stack.ports import claim_port, ephemeral_port_range, free_port, free_ports, port_bindable, split_address
+from stack.processes import Component, group_members, stop_group
+from stack.settings import StackError, StackSettings
 from tests.py4j_like_server import py4j_like_server
 
 runner = CliRunner()
@@ -85,15 +71,18 @@ def test_stop_group_returns_once_the_grandchildren_are_gone_too() -> None:
         leader.wait()
 
 
-def test_port_zero_picks_a_free_port_the_kernel_never_hands_out() -> None:
-    # Below the ephemeral range: no process binding port 0 (the PyFlink gateway) can
-    # take it between the pick and the component's bind.
-    low, high = ephemeral_port_range()
-    assert low < high
-    ports = {claim_port("127.0.0.1", 0, "broker", "--broker-port") for _ in range(20)}
-    assert all(1024 <= port < low for port in ports)
-    assert all(port_bindable("127.0.0.1", port) is None for port in ports)
-    assert len(ports) > 1
+def test_port_zero_gives_distinct_ports_a_server_can_listen_on_and_the_kernel_never_hands_out() -> None:
+    # Below the ephemeral range: no process binding port 0 (the PyFlink gateway) can take it
+    # between the pick and the component's bind. Two picks before either is bound must differ.
+    low, _ = ephemeral_port_range()
+    ports = [claim_port("127.0.0.1", 0, "broker", "--broker-port") for _ in range(20)]
+    assert len(set(ports)) == len(ports)
+    assert all(port < low for port in ports)
+    for port in ports:
+        with socket.socket() as server:  # what the component does with it
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", port))
+            server.listen()
 
 
 def test_a_free_port_skips_ports_that_listen(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,11 +91,11 @@ def test_a_free_port_skips_ports_that_listen(monkeypatch: pytest.MonkeyPatch) ->
         taken.listen()
         port = taken.getsockname()[1]
         # Only the taken port and one more below the "ephemeral range": the free one is picked.
-        monkeypatch.setattr("cli.stack._FREE_PORTS_FROM", port)
-        monkeypatch.setattr("cli.stack.ephemeral_port_range", lambda: (port + 2, 60999))
+        monkeypatch.setattr("stack.ports._FREE_PORTS_FROM", port)
+        monkeypatch.setattr("stack.ports.ephemeral_port_range", lambda: (port + 2, 60999))
         if port_bindable("127.0.0.1", port + 1) is not None:
             pytest.skip(f"port {port + 1} is busy on this machine")
-        monkeypatch.setattr("cli.stack._handed_out", set())
+        monkeypatch.setattr("stack.ports._handed_out", set())
         assert free_port() == port + 1
         # Handed out once, never again from this process: the next pick is the kernel's (the fallback).
         assert free_port() != port + 1
@@ -117,34 +106,6 @@ def test_missing_java_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(StackError, match="Java was not found.*openjdk-17"):
         java_version()
-
-
-def test_up_with_a_taken_port_exits_1_with_one_clear_line(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        port = sock.getsockname()[1]
-        result = runner.invoke(app, ["up", "--state-dir", str(tmp_path), "--redis-port", str(port)])
-    assert result.exit_code == 1
-    assert "already in use" in result.output
-    assert "Traceback" not in result.output
-
-
-def test_status_without_a_stack_says_so_and_exits_1(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["status", "--state-dir", str(tmp_path)])
-    assert result.exit_code == 1
-    assert "no local stack is running" in result.output
-
-
-def test_up_with_the_flink_dashboard_port_taken_names_the_option(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        port = sock.getsockname()[1]
-        ports = ["--broker-port", "0", "--redis-port", "0", "--stream-port", "0", "--flink-ui-port", str(port)]
-        result = runner.invoke(app, ["up", "--state-dir", str(tmp_path), *ports])
-    assert result.exit_code == 1
-    assert "Flink dashboard" in result.output and "--flink-ui-port 0" in result.output
 
 
 def test_the_stack_gives_the_job_its_dashboard_port_and_a_job_without_one_never_takes_8081(tmp_path: Path) -> None:
@@ -158,33 +119,10 @@ def test_the_stack_gives_the_job_its_dashboard_port_and_a_job_without_one_never_
     assert unannounced.env["FRESHRANK_STREAM_FLINK_UI_PORT"] == "0" and "dashboard" not in unannounced.describe()
 
 
-def test_status_shows_an_unreachable_rest_api_without_calling_the_job_down() -> None:
-    dashboard = f"http://127.0.0.1:{free_port()}"
-    flink = flink_detail(dashboard)
-    assert flink["reachable"] is False and dashboard in flink["error"]
-    assert flink_problems(flink) == []
-    assert "not reachable" in _flink_text(flink)
-
-
 def test_a_job_the_rest_api_shows_restarting_is_a_problem() -> None:
     restarting = {"reachable": True, "state": "RESTARTING"}
     assert flink_problems(restarting) == ["Flink job RESTARTING"]
     assert flink_problems({"reachable": True, "state": "RUNNING"}) == []
-
-
-def test_status_text_names_the_last_checkpoint_and_its_age() -> None:
-    flink = {
-        "reachable": True,
-        "state": "RUNNING",
-        "restarts": 2,
-        "last_checkpoint_id": 41,
-        "last_checkpoint_age_s": 1.34,
-        "checkpoints_completed": 40,
-        "checkpoints_failed": 1,
-    }
-    text = _flink_text(flink)
-    assert "RUNNING" in text and "2 restarts" in text and "checkpoint 41 completed 1.3 s ago" in text
-    assert "no completed checkpoint yet" in _flink_text({**flink, "last_checkpoint_id": None})
 
 
 def test_probes_of_a_port_held_by_something_that_is_not_http_say_unhealthy() -> None:
@@ -194,26 +132,16 @@ def test_probes_of_a_port_held_by_something_that_is_not_http_say_unhealthy() -> 
         assert scrape(address, timeout_s=2.0) is None
 
 
-def test_up_on_two_task_managers_with_the_second_metrics_port_taken_names_it(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        taken = sock.getsockname()[1]
-        ports = ["--broker-port", "0", "--redis-port", "0", "--flink-ui-port", "0", "--stream-port", str(taken - 1)]
-        result = runner.invoke(app, ["up", "--state-dir", str(tmp_path), "--task-managers", "2", *ports])
-    assert result.exit_code == 1
-    assert "metrics of TaskManager 1" in result.output and f"127.0.0.1:{taken}" in result.output
-    assert "Traceback" not in result.output
-
-
-def test_stream_refuses_a_parallelism_other_than_its_task_managers() -> None:
-    result = runner.invoke(app, ["stream", "--task-managers", "2", "--parallelism", "3"])
-    assert result.exit_code == 1
-    assert "pass only --task-managers" in " ".join(result.output.split())
-
-
 def test_a_block_of_free_ports_is_consecutive_bindable_and_never_handed_out_again() -> None:
     start = free_ports(3)
     block = {start, start + 1, start + 2}
     assert all(port_bindable("127.0.0.1", port) is None for port in block)
     assert not block & {free_port() for _ in range(50)}
+
+
+def test_a_component_address_splits_into_host_and_port_and_a_malformed_one_says_which() -> None:
+    assert split_address("127.0.0.1:6379") == ("127.0.0.1", 6379)
+    assert split_address("::1:8081") == ("::1", 8081)
+    for bad in ("6379", "localhost:", ":6379", "localhost:http"):
+        with pytest.raises(ValueError, match=repr(bad)):
+            split_address(bad)

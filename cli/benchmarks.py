@@ -1,0 +1,110 @@
+"""`freshrank bench ...`: the benchmarks (bench/), each printing and optionally writing a JSON report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.options import (
+    SERVING_TREES,
+    JsonReportOption,
+    console,
+    fail,
+    print_json_report,
+)
+
+bench_app = typer.Typer(help="Benchmarks; each writes a JSON report.", no_args_is_help=True)
+
+
+@bench_app.command("freshness")
+def bench_freshness(
+    rate: Annotated[float, typer.Option(min=1, help="Events per second to publish.")] = 1000.0,
+    seconds: Annotated[float, typer.Option(min=1, help="How long to publish.")] = 30.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    json_path: JsonReportOption = None,
+    find_max: Annotated[
+        bool,
+        typer.Option(
+            "--find-max",
+            help="Instead: the highest rate the job sustains with p99 freshness < 1 s and nothing lost "
+            "(doubling from --rate, then bisection; a fresh job per trial; no baseline).",
+        ),
+    ] = False,
+    compare_parallelism: Annotated[
+        bool,
+        typer.Option(
+            "--compare-parallelism",
+            help="Instead: the job on a local Flink cluster of 1 TaskManager (parallelism 1) against 2 "
+            "TaskManagers (parallelism 2) at --rate, and the throughput ratio (no baseline). Pick a rate "
+            "that saturates parallelism 1.",
+        ),
+    ] = False,
+    declared: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Also declare this many stream feature view aggregations (Feast objects, every function, "
+            "three windows; half per user, half per item) for the job to compute beside the built-ins.",
+        ),
+    ] = 0,
+) -> None:
+    """SDK -> broker -> PyFlink job -> Redis, and the consumer-loop + Feast push baseline, at one rate."""
+    from bench.freshness import compare_parallelism as compare
+    from bench.freshness import find_max as find_max_rate
+    from bench.freshness import run as run_bench
+
+    if find_max and compare_parallelism:
+        raise fail("--find-max and --compare-parallelism are two benchmarks: run them one at a time")
+    log = lambda line: console.print(f"[dim]bench:[/] {line}")  # noqa: E731
+    if declared and (find_max or compare_parallelism):
+        raise fail(
+            "--declared is measured at one rate, with the baseline; drop --find-max/--compare-parallelism", code=2
+        )
+    if compare_parallelism:
+        report = compare(rate, seconds, seed, log)
+    elif find_max:
+        report = find_max_rate(seconds, seed, log, start_rate=rate)
+    else:
+        report = run_bench(rate, seconds, seed, log, declared=declared)
+    print_json_report(report, json_path)
+
+
+@bench_app.command("serving")
+def bench_serving(
+    rps: Annotated[float, typer.Option(min=1, help="Requests per second (open loop).")] = 200.0,
+    seconds: Annotated[float, typer.Option(min=1, help="How long to send load.")] = 30.0,
+    candidates: Annotated[int, typer.Option(min=1, max=1000, help="Candidates ranked per request.")] = 500,
+    path: Annotated[str, typer.Option(help="feed: GET /v1/feed (cached list); rank: POST /v1/rank.")] = "feed",
+    workers: Annotated[int, typer.Option(min=1, help="API worker processes.")] = 1,
+    registry: Annotated[
+        Path | None, typer.Option(help="Serve the newest model of this registry instead of training one.")
+    ] = None,
+    find_max: Annotated[
+        bool, typer.Option("--find-max", help="Then search the highest rate with p99 <= 10 ms and < 1 % degraded.")
+    ] = False,
+    step_seconds: Annotated[float, typer.Option(min=1, help="Seconds per rate step of --find-max.")] = 15.0,
+    serving_trees: Annotated[
+        int | None, typer.Option(min=1, help="Serve only the first N trees of the trained ranker (as freshrank train).")
+    ] = SERVING_TREES,
+    json_path: JsonReportOption = None,
+) -> None:
+    """The feed API at a fixed request rate (separate load process), and Feast get_online_features + ONNX."""
+    from bench.serving import run as run_bench
+
+    if path not in ("feed", "rank"):
+        raise fail("--path must be feed or rank")
+    report = run_bench(
+        rps,
+        seconds,
+        candidates,
+        log=lambda line: console.print(f"[dim]bench:[/] {line}"),
+        path=path,
+        workers=workers,
+        registry=registry,
+        find_max=find_max,
+        step_seconds=step_seconds,
+        serving_trees=serving_trees,
+    )
+    print_json_report(report, json_path)

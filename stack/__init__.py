@@ -1,0 +1,1 @@
+"""The embedded local stack (`freshrank up`): used by cli/, bench/ and the tests; imports none of them."""
