@@ -46,9 +46,9 @@ lint: install ## ruff and mypy --strict on the packages.
 	$(RUN) ruff format --check .
 	$(RUN) mypy
 
-bench: install ## Freshness and feed API benchmarks, each against its Feast baseline, and the job at parallelism 2 vs 1 on a local Flink cluster; JSON in bench/results/.
-	$(RUN) freshrank bench freshness --rate 1000 --seconds 30 --json bench/results/freshness-1000.json
-	$(RUN) freshrank bench freshness --rate 5000 --seconds 60 --json bench/results/freshness-5000.json
+bench: install ## Freshness and feed API benchmarks, each against its Feast baseline, and the job at parallelism 2 vs 1 on a local Flink cluster; JSON and freshness plots (PNG) in bench/results/.
+	$(RUN) freshrank bench freshness --rate 1000 --seconds 30 --json bench/results/freshness-1000.json --plot bench/results/freshness-1000.png
+	$(RUN) freshrank bench freshness --rate 5000 --seconds 60 --json bench/results/freshness-5000.json --plot bench/results/freshness-5000.png
 	$(RUN) freshrank bench freshness --find-max --rate 1000 --seconds 30 --json bench/results/freshness-max.json
 	$(RUN) freshrank bench freshness --compare-parallelism --rate 6000 --seconds 30 --json bench/results/freshness-parallelism.json
 	$(RUN) freshrank bench serving --rps 400 --seconds 30 --candidates 500 --workers 2 --json bench/results/serving-400-w2.json

@@ -14,6 +14,7 @@ in it. Loss = events sent minus events the features include.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import multiprocessing
@@ -54,6 +55,32 @@ def quantiles(samples_ms: list[float]) -> dict[str, float]:
         return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
     return {"p50": pick(0.5), "p99": pick(0.99), "max": round(ordered[-1], 1)}
+
+
+FRESHNESS_BUCKET = 'freshrank_stream_freshness_seconds_bucket{le="'
+FRESHNESS_COUNT = "freshrank_stream_freshness_seconds_count"
+
+
+def histogram_cdf(after: dict[str, float], before: dict[str, float]) -> list[list[float]]:
+    """The job's freshness distribution between two scrapes of its histogram, as [[bound ms, share of rows
+    at most that stale], ...] at the histogram's bucket bounds (+Inf left out); [] if no row was written."""
+    total = after.get(FRESHNESS_COUNT, 0.0) - before.get(FRESHNESS_COUNT, 0.0)
+    if total <= 0:
+        return []
+    cdf = []
+    for name, value in after.items():
+        bound = name[len(FRESHNESS_BUCKET) :].split('"')[0] if name.startswith(FRESHNESS_BUCKET) else "+Inf"
+        if bound != "+Inf":
+            cdf.append([round(1000 * float(bound), 1), round((value - before.get(name, 0.0)) / total, 5)])
+    return sorted(cdf)
+
+
+def samples_cdf(samples_ms: list[float], bounds_ms: list[float]) -> list[list[float]]:
+    """The same form as `histogram_cdf` from raw samples, at the given bounds, so the two plot side by side."""
+    if not samples_ms:
+        return []
+    ordered = sorted(samples_ms)
+    return [[bound, round(bisect.bisect_right(ordered, bound) / len(ordered), 5)] for bound in bounds_ms]
 
 
 def create_topic(bootstrap: str, name: str, partitions: int = 8) -> None:
@@ -242,6 +269,7 @@ def run_freshrank(
         job_pid = job.process.pid if job.process is not None else None
         cpu_before = cpu_seconds(job_pid)
         machine_before = psutil.cpu_times()
+        histogram_before = scrape_all(addresses) or {}
         sent, started = publish(broker.address, topic, rate, seconds, seed)
         wait_until(lambda: admitted() >= sent + warm_up, timeout_s=max(120.0, seconds * 10))
         caught_up = time.monotonic()
@@ -262,6 +290,8 @@ def run_freshrank(
         "events_applied": applied,
         "lost": sent - applied,
         "freshness_ms": {k: round(v, 1) for k, v in freshness.items()},
+        # The rows of the measured span (warm-up left out) by the job's freshness histogram; for the plot.
+        "freshness_cdf": histogram_cdf(series, histogram_before),
         # Events applied per second from the first publish until the job had caught up.
         "throughput_eps": round(applied / (caught_up - started), 1),
         "rows_measured": int(series.get("freshrank_stream_freshness_recent_samples", 0)),
@@ -372,7 +402,10 @@ def run_baseline(
     seed: int,
     state_dir: Path,
     log: Callable[[str], None],
+    bounds_ms: list[float],
 ) -> dict[str, Any]:
+    """The consumer loop at the same rate; its freshness distribution is also given at `bounds_ms` (the job's
+    histogram bounds) for the plot."""
     topic = "bench-baseline"
     create_topic(broker.address, topic)
     catalog = state_dir / "catalog-baseline.parquet"
@@ -410,6 +443,7 @@ def run_baseline(
         "events_applied": result["applied"],
         "lost": sent - result["applied"],
         "freshness_ms": quantiles(result["freshness_ms"]),
+        "freshness_cdf": samples_cdf(result["freshness_ms"], bounds_ms),
         "throughput_eps": round(result["applied"] / (caught_up - started), 1),
         "rows_measured": len(result["freshness_ms"]),
         "cpu_s": round(loop_cpu, 1),
@@ -428,7 +462,8 @@ def run(rate: float, seconds: float, seed: int, log: Callable[[str], None], decl
         with running(broker, logs), running(redis, logs):
             registry = (state_dir / "feast" / "registry.db").resolve()
             freshrank = run_freshrank(settings, broker, redis, rate, seconds, seed, log, declared=declared)
-            baseline = run_baseline(broker, redis, registry, rate, seconds, seed, state_dir, log)
+            bounds_ms = [bound for bound, _ in freshrank["freshness_cdf"]]
+            baseline = run_baseline(broker, redis, registry, rate, seconds, seed, state_dir, log, bounds_ms)
     return {
         "benchmark": "freshness",
         "rate_eps": rate,

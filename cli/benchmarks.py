@@ -49,6 +49,13 @@ def bench_freshness(
             "three windows; half per user, half per item) for the job to compute beside the built-ins.",
         ),
     ] = 0,
+    plot_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Also draw the freshness distributions, job against baseline, as a PNG here (the one-rate run).",
+        ),
+    ] = None,
 ) -> None:
     """SDK -> broker -> PyFlink job -> Redis, and the consumer-loop + Feast push baseline, at one rate."""
     from bench.freshness import compare_parallelism as compare
@@ -62,6 +69,18 @@ def bench_freshness(
         raise fail(
             "--declared is measured at one rate, with the baseline; drop --find-max/--compare-parallelism", code=2
         )
+    if plot_path is not None:
+        from bench.plot import PlotError, check_plotting
+
+        if find_max or compare_parallelism:
+            raise fail(
+                "--plot draws the job against the baseline of a one-rate run; drop --find-max/--compare-parallelism",
+                code=2,
+            )
+        try:
+            check_plotting()
+        except PlotError as error:
+            raise fail(str(error), code=2) from None
     if compare_parallelism:
         report = compare(rate, seconds, seed, log)
     elif find_max:
@@ -69,6 +88,13 @@ def bench_freshness(
     else:
         report = run_bench(rate, seconds, seed, log, declared=declared)
     print_json_report(report, json_path)
+    if plot_path is not None:
+        from bench.plot import plot_freshness
+
+        try:
+            console.print(f"plot written to {plot_freshness(report, plot_path)}")
+        except PlotError as error:
+            raise fail(str(error)) from None
 
 
 @bench_app.command("serving")
