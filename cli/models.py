@@ -22,6 +22,7 @@ from cli.options import (
 )
 
 if TYPE_CHECKING:
+    from features.declared import DeclaredView
     from training.sources import EventSource
 
 app = typer.Typer()
@@ -40,6 +41,45 @@ EventsOption = Annotated[Path | None, typer.Option(help="Event log file (parquet
 TopicOption = Annotated[str | None, typer.Option(help="Read the whole Kafka topic instead; implies --dataset log.")]
 CatalogOption = Annotated[Path | None, typer.Option(help="Item catalog parquet for --dataset log.")]
 CacheOption = Annotated[Path, typer.Option(help="Where external datasets are cached.")]
+DeclaredFeaturesOption = Annotated[
+    bool,
+    typer.Option(
+        "--declared-features",
+        help="Also give the ranker the stream feature views declared in the Feast repo (--feature-repo), "
+        "replayed point-in-time; the registered model's feature list names them.",
+    ),
+]
+FeatureRepoOption = Annotated[
+    Path | None, typer.Option(help="Feast repo of --declared-features (default: freshrank's feature_repo/).")
+]
+
+
+def _declared_views(enabled: bool, repo: Path | None, topic: str | None) -> list[DeclaredView]:
+    """The repo's declared views as the stream job would run them; a CLI error naming every refusal."""
+    if not enabled:
+        return []
+    from feature_repo.declared import check, drafts_from_repo
+    from feature_repo.store import REPO_PATH
+    from sdk.settings import INTERACTIONS_TOPIC
+
+    path = repo or REPO_PATH
+    if not (path / "feature_store.yaml").is_file():
+        raise fail(f"{path} is not a Feast repo (no feature_store.yaml): pass --feature-repo", code=2)
+    try:
+        drafts = drafts_from_repo(path)
+    except Exception as error:  # the user's Python: an import error, a Feast ValueError
+        raise fail(f"cannot load the Feast repo {path}: {type(error).__name__}: {error}", code=2) from None
+    views, refused = check(drafts, topic or INTERACTIONS_TOPIC)
+    if refused:
+        raise fail(
+            "the stream job would refuse these declared views, so they cannot be trained on: "
+            + "; ".join(str(refusal) for refusal in refused)
+            + " (`freshrank features check` says the same)",
+            code=2,
+        )
+    if not views:
+        raise fail(f"--declared-features: {path} declares no stream feature views", code=2)
+    return views
 
 
 def _step_progress(progress: Progress) -> Callable[[str, int, int], None]:
@@ -165,6 +205,8 @@ def train(
         ),
     ] = SERVING_TREES,
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the test report here.")] = None,
+    declared_features: DeclaredFeaturesOption = False,
+    feature_repo: FeatureRepoOption = None,
 ) -> None:
     """Replay events into a point-in-time dataset, train the LightGBM ranker, export ONNX, check parity, register."""
     from registry.errors import RegistryError
@@ -173,6 +215,7 @@ def train(
     from training.evaluate import run_experiment
     from training.ranker import TrainConfig
 
+    declared = _declared_views(declared_features, feature_repo, topic)
     try:
         with progress_bar() as progress:
             source = _training_source(
@@ -181,7 +224,10 @@ def train(
                 new_items_per_minute=new_items_per_minute,
             )  # fmt: skip
             experiment = run_experiment(
-                source, train_config=TrainConfig(serving_trees=serving_trees), progress=_step_progress(progress)
+                source,
+                train_config=TrainConfig(serving_trees=serving_trees),
+                progress=_step_progress(progress),
+                declared=declared,
             )
         report = experiment.report
         registered = register(registry, experiment.onnx, experiment.model_spec(source.name), name)
@@ -220,6 +266,8 @@ def evaluate_command(
     check_targets: Annotated[
         bool, typer.Option("--check-targets", help="Exit 1 unless AUC >= 0.75 and NDCG@10 >= 1.10 x popularity.")
     ] = False,
+    declared_features: DeclaredFeaturesOption = False,
+    feature_repo: FeatureRepoOption = None,
 ) -> None:
     """Popularity vs ranker (live / stale user features / no user features) vs oracle on the test period."""
     from registry.errors import RegistryError
@@ -229,6 +277,7 @@ def evaluate_command(
     from training.evaluate import evaluate, run_experiment, split_dataset, targets
     from training.ranker import OnnxRanker
 
+    declared = _declared_views(declared_features, feature_repo, topic)
     try:
         with progress_bar() as progress:
             source = _training_source(
@@ -238,12 +287,25 @@ def evaluate_command(
             )  # fmt: skip
             update = _step_progress(progress)
             if model_version is None:
-                report = run_experiment(source, progress=update).report
+                report = run_experiment(source, progress=update, declared=declared).report
             else:
                 model = load(registry, name, model_version)
                 rows = build_dataset(
-                    source.events, source.catalog, progress=lambda d, t: update("replaying events", d, t)
+                    source.events,
+                    source.catalog,
+                    progress=lambda d, t: update("replaying events", d, t),
+                    declared=declared,
                 )
+                if declared:
+                    rows = rows.with_declared_inputs()
+                if model.metadata.spec.feature_names != rows.feature_names:
+                    raise fail(
+                        f"model {name} version {model_version} takes {len(model.metadata.spec.feature_names)} "
+                        f"inputs, the dataset has {len(rows.feature_names)}: evaluate a model trained with "
+                        "--declared-features with the same flag and the same declared views, and one trained "
+                        "without it without",
+                        code=2,
+                    )
                 _, _, _, test = split_dataset(rows, 0.2, 0.2, DatasetConfig().attribution_window_ms)
                 meta = model.metadata.spec
                 scorer = OnnxRanker(model.model_path.read_bytes(), meta.input_name, meta.output_name, meta.output_index)

@@ -129,11 +129,35 @@ class RegisteredModel:
         return self.directory / MODEL_FILE
 
 
-def check_features(feature_names: Sequence[str], expected: Sequence[str] = RANKER_FEATURES) -> None:
-    """Raise FeatureMismatchError unless the model's inputs are exactly `expected`, in order."""
+def declared_inputs(feature_names: Sequence[str], expected: Sequence[str] = RANKER_FEATURES) -> tuple[str, ...]:
+    """The declared stream features a model takes after `expected` (`freshrank train --declared-features`),
+    each `"<view>:<feature>"`; () when its inputs are not `expected` followed by such names only."""
+    names, want = list(feature_names), list(expected)
+    extra = names[len(want) :]
+    if names[: len(want)] != want or len(set(extra)) != len(extra):
+        return ()
+    if not all(len(name.split(":")) == 2 and all(name.split(":")) for name in extra):
+        return ()
+    return tuple(extra)
+
+
+def check_features(
+    feature_names: Sequence[str], expected: Sequence[str] = RANKER_FEATURES, allow_declared: bool = True
+) -> None:
+    """Raise FeatureMismatchError unless the model's inputs are exactly `expected`, in order, followed (when
+    `allow_declared`) by the declared stream features it was trained with: the input list is versioned with
+    the model, so a registered model keeps the features it was trained on."""
     names, want = list(feature_names), list(expected)
     if names == want:
         return
+    declared = declared_inputs(names, want)
+    if declared and allow_declared:
+        return
+    if declared:
+        raise FeatureMismatchError(
+            f"the model also takes {len(declared)} declared stream feature(s) {list(declared[:5])} "
+            "(trained with --declared-features), which this reader cannot supply"
+        )
     extra = [n for n in names if n not in want]
     missing = [n for n in want if n not in names]
     detail = []

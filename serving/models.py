@@ -27,7 +27,7 @@ import onnxruntime as ort
 
 from features.ranking import RANKER_FEATURES
 from registry.errors import RegistryError
-from registry.layout import METADATA_FILE, MODEL_FILE, check_features, list_versions, read_metadata
+from registry.layout import METADATA_FILE, MODEL_FILE, check_features, declared_inputs, list_versions, read_metadata
 from serving.errors import ModelRejected
 
 log = logging.getLogger("freshrank.serving.models")
@@ -81,7 +81,14 @@ def load_model(version_dir: Path, expected_features: tuple[str, ...] = RANKER_FE
     try:
         # The registry's own reader and feature check: one definition of a valid version.
         metadata = read_metadata(version_dir)
-        check_features(metadata.spec.feature_names, expected_features)
+        declared = declared_inputs(metadata.spec.feature_names, expected_features)
+        if declared:
+            raise ModelRejected(
+                f"{version_dir}: the model takes declared stream features {list(declared[:5])} (trained with "
+                "--declared-features); the feed API does not serve declared features yet: register a model "
+                "trained without them"
+            )
+        check_features(metadata.spec.feature_names, expected_features, allow_declared=False)
     except RegistryError as error:
         raise ModelRejected(f"{version_dir}: {error}") from None
     version, spec = metadata.version, metadata.spec

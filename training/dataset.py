@@ -22,9 +22,12 @@ How a row is made:
    applied event has no online row, hence None (NaN columns), as in serving.
 5. Optionally a second replay, `stale_offset_ms` behind, gives the user features
    as the online store held them that long before each request (items stay live).
-6. Declared stream feature views (`features.declared`, read from the Feast registry),
-   when given, are replayed the same way into `declared_features`: each user or item
-   view's `DeclaredFeatures` holds the events before the request time, as of it.
+6. Declared stream feature views (`features.declared`, read from a Feast repo or
+   registry), when given, are replayed the same way into `declared_features`: each
+   user or item view's `DeclaredFeatures` holds the events before the request time,
+   as of it (user views also `stale_offset_ms` behind, as in 5).
+   `with_declared_inputs()` appends them to the ranker's input columns, after
+   `RANKER_FEATURES`, named `"<view>:<feature>"`.
 
 Event time is the clock: an event that was late in processing time but within the
 lateness bound counts from its event time, as the stream job's windows do.
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from operator import attrgetter
 from typing import Any, Final
 
@@ -108,12 +111,35 @@ class ImpressionDataset:
     """The popularity baseline's score: the item's clicks in the last 24 h as of the request."""
     declared_features: Float32Array | None = None
     """(n, len(declared_feature_names)): declared stream feature views as of the request (NaN: no row or
-    null), or None when none were asked for. Not a ranker input yet (see README, "Add a streaming feature")."""
+    null), or None when none were asked for. Ranker inputs only after `with_declared_inputs()`."""
     declared_feature_names: tuple[str, ...] = ()
     """"<view>:<feature>" per column of `declared_features`."""
+    declared_stale_features: Float32Array | None = None
+    """Same, with the user-keyed views `stale_offset_ms` older (item views live), as `stale_features`."""
+    declared_user_columns: tuple[int, ...] = ()
+    """Columns of `declared_features` that come from user-keyed views."""
+    feature_names: tuple[str, ...] = RANKER_FEATURES
+    """The names of the columns of `features`, in order: the model's input list."""
 
     def __len__(self) -> int:
         return len(self.engaged)
+
+    def with_declared_inputs(self) -> ImpressionDataset:
+        """The same rows with the declared features appended to the ranker's inputs, after `RANKER_FEATURES`
+        in `declared_feature_names` order: what `freshrank train --declared-features` trains on."""
+        if self.declared_features is None:
+            raise DatasetError("no declared features were replayed: pass declared views to build_dataset")
+        if self.feature_names != RANKER_FEATURES:
+            raise DatasetError("the declared features are already ranker inputs")
+        stale = None
+        if self.stale_features is not None and self.declared_stale_features is not None:
+            stale = np.hstack([self.stale_features, self.declared_stale_features])
+        return replace(
+            self,
+            features=np.hstack([self.features, self.declared_features]),
+            stale_features=stale,
+            feature_names=RANKER_FEATURES + self.declared_feature_names,
+        )
 
     def take(self, rows: IntArray | BoolArray) -> ImpressionDataset:
         taken: dict[str, Any] = {}
@@ -123,9 +149,12 @@ class ImpressionDataset:
         return ImpressionDataset(**taken)
 
     def no_user_features(self) -> Float32Array:
-        """The matrix the API builds when it has no user row: user and cross columns NaN."""
+        """The matrix the API builds when it has no user row: user and cross columns NaN (and the user-keyed
+        declared columns, when they are inputs)."""
         out = self.features.copy()
         out[:, _USER_COLUMNS] = np.nan
+        if self.feature_names != RANKER_FEATURES:
+            out[:, [len(RANKER_FEATURES) + c for c in self.declared_user_columns]] = np.nan
         return out
 
     def label(self, name: str) -> BoolArray:
@@ -138,7 +167,7 @@ class ImpressionDataset:
     def content_hash(self) -> str:
         """sha256 over the model inputs and labels: equal data, equal hash."""
         digest = hashlib.sha256()
-        digest.update(",".join(RANKER_FEATURES).encode())
+        digest.update(",".join(self.feature_names).encode())
         for array in (self.features, self.clicked, self.engaged, self.slate, self.request_time_ms):
             digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
@@ -192,6 +221,11 @@ class _DeclaredReplay:
         self.next = 0
         self.states: list[dict[str, DeclaredFeatures]] = [{} for _ in self.views]
         self.names = tuple(f"{view.name}:{name}" for view in self.views for name in view.feature_names)
+        self.user_columns = tuple(
+            column
+            for column, view in enumerate(v for v in self.views for _ in v.feature_names)
+            if view.entity_key == "user_id"
+        )
 
     def advance_to(self, time_ms: int) -> None:
         events, i, n = self.events, self.next, len(self.events)
@@ -283,6 +317,10 @@ def build_dataset(
     stale = _Replay(admitted, categories, items=False) if config.stale_offset_ms is not None else None
     declared_replay = _DeclaredReplay(admitted, declared) if declared else None
     x_declared = np.empty((len(impressions), len(declared_replay.names)), dtype=np.float32) if declared_replay else None
+    # User-keyed declared views as they were `stale_offset_ms` earlier, like the built-in user features.
+    user_views = [view for view in declared if view.entity_key == "user_id"]
+    declared_stale = _DeclaredReplay(admitted, user_views) if user_views and stale is not None else None
+    x_declared_stale = np.empty_like(x_declared) if x_declared is not None and stale is not None else None
     n_features = len(RANKER_FEATURES)
     n_rows = len(impressions)
     x = np.empty((n_rows, n_features), dtype=np.float32)
@@ -308,6 +346,13 @@ def build_dataset(
         if declared_replay is not None and x_declared is not None:
             declared_replay.advance_to(t)
             x_declared[out:end] = declared_replay.rows(first.user_id, [impressions[r].item_id for r in rows], t)
+            if x_declared_stale is not None and config.stale_offset_ms is not None:
+                x_declared_stale[out:end] = x_declared[out:end]
+                if declared_stale is not None:
+                    then = t - config.stale_offset_ms
+                    declared_stale.advance_to(then)
+                    user_rows = declared_stale.rows(first.user_id, [""] * len(rows), then)
+                    x_declared_stale[out:end, declared_replay.user_columns] = user_rows
         if stale is not None and x_stale is not None and config.stale_offset_ms is not None:
             then = t - config.stale_offset_ms
             stale.advance_to(then)
@@ -339,6 +384,8 @@ def build_dataset(
         popularity=popularity,
         declared_features=x_declared,
         declared_feature_names=declared_replay.names if declared_replay is not None else (),
+        declared_stale_features=x_declared_stale,
+        declared_user_columns=declared_replay.user_columns if declared_replay is not None else (),
     )
 
 

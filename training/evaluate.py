@@ -17,14 +17,14 @@ before the request (no online feature row), `returning_users` had one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from features.ranking import RANKER_FEATURES
+from features.declared import DeclaredView
 from registry.layout import ModelSpec, TrainingWindow
 from training.dataset import DatasetConfig, ImpressionDataset, TimeSplit, build_dataset, time_split
 from training.metrics import auc, log_loss, ndcg_at_k, rounded
@@ -152,7 +152,7 @@ class Experiment:
         """What the registry records with this experiment's ONNX model (`freshrank train`, benchmarks)."""
         report = self.report
         return ModelSpec(
-            feature_names=RANKER_FEATURES,
+            feature_names=self.dataset.feature_names,
             input_name=INPUT_NAME,
             output_name=OUTPUT_NAME,
             output_index=OUTPUT_INDEX,
@@ -189,8 +189,12 @@ def run_experiment(
     valid_fraction: float = 0.2,
     test_fraction: float = 0.2,
     progress: StepProgress | None = None,
+    declared: Sequence[DeclaredView] = (),
 ) -> Experiment:
-    """Replay -> time split -> train (early stopping on valid) -> ONNX export -> parity check -> test metrics."""
+    """Replay -> time split -> train (early stopping on valid) -> ONNX export -> parity check -> test metrics.
+
+    `declared`: stream feature views declared in Feast, replayed point-in-time and appended to the ranker's
+    inputs (after RANKER_FEATURES); the registered model's feature list names them."""
 
     dataset_config = dataset_config or DatasetConfig()
     train_config = train_config or TrainConfig()
@@ -200,12 +204,20 @@ def run_experiment(
             return None
         return lambda done, total: progress(name, done, total)
 
-    dataset = build_dataset(source.events, source.catalog, dataset_config, step("replaying events"))
+    dataset = build_dataset(source.events, source.catalog, dataset_config, step("replaying events"), declared)
+    if declared:
+        dataset = dataset.with_declared_inputs()
     split, train, valid, test = split_dataset(
         dataset, valid_fraction, test_fraction, dataset_config.attribution_window_ms
     )
     trained = train_ranker(
-        train.features, train.engaged, valid.features, valid.engaged, train_config, step("training LightGBM")
+        train.features,
+        train.engaged,
+        valid.features,
+        valid.engaged,
+        train_config,
+        step("training LightGBM"),
+        dataset.feature_names,
     )
     ranker = trained if train_config.serving_trees is None else first_trees(trained, train_config.serving_trees)
     onnx = export_onnx(ranker)

@@ -12,7 +12,7 @@ predictions differ from LightGBM's by PARITY_TOLERANCE or more on the given rows
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -90,20 +90,18 @@ def train_ranker(
     y_valid: npt.NDArray[np.bool_],
     config: TrainConfig = TrainConfig(),
     progress: Callable[[int, int], None] | None = None,
+    feature_names: Sequence[str] = RANKER_FEATURES,
 ) -> TrainedRanker:
-    """Fit with early stopping on the validation period's log loss."""
+    """Fit with early stopping on the validation period's log loss; `feature_names` names the matrix's columns."""
     import lightgbm as lgb
 
-    if x_train.shape[1] != len(RANKER_FEATURES):
-        raise TrainingError(
-            f"training matrix has {x_train.shape[1]} columns, RANKER_FEATURES has {len(RANKER_FEATURES)}"
-        )
+    if x_train.shape[1] != len(feature_names):
+        raise TrainingError(f"training matrix has {x_train.shape[1]} columns, its feature list {len(feature_names)}")
     if not y_train.any() or y_train.all():
         raise TrainingError("the training period needs both engaged and not engaged impressions")
     params = config.params()
-    train_set = lgb.Dataset(
-        x_train, y_train.astype(np.float64), feature_name=list(RANKER_FEATURES), free_raw_data=False
-    )
+    names = [_lightgbm_name(name) for name in feature_names]
+    train_set = lgb.Dataset(x_train, y_train.astype(np.float64), feature_name=names, free_raw_data=False)
     valid_set = lgb.Dataset(x_valid, y_valid.astype(np.float64), reference=train_set)
     callbacks: list[Any] = [lgb.early_stopping(config.early_stopping_rounds, verbose=False)]
     if progress is not None:
@@ -119,6 +117,11 @@ def train_ranker(
     # Keep only the trees early stopping chose, so LightGBM and the ONNX export are the same model.
     text = float32_thresholds(booster.model_to_string(num_iteration=best))
     return TrainedRanker(lgb.Booster(model_str=text), best, params)
+
+
+def _lightgbm_name(name: str) -> str:
+    """LightGBM refuses some characters in feature names (JSON ones); a declared "view:feature" keeps its meaning."""
+    return name.replace(":", "__")
 
 
 def first_trees(ranker: TrainedRanker, trees: int) -> TrainedRanker:
@@ -166,7 +169,7 @@ def export_onnx(ranker: TrainedRanker) -> bytes:
     model = onnxmltools.convert_lightgbm(
         ranker.booster,
         name="freshrank-ranker",
-        initial_types=[(INPUT_NAME, FloatTensorType([None, len(RANKER_FEATURES)]))],
+        initial_types=[(INPUT_NAME, FloatTensorType([None, ranker.booster.num_feature()]))],
         zipmap=False,
         target_opset=ONNX_OPSET,
     )

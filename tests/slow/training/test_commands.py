@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import onnxruntime as ort
+import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
+from feature_repo.store import REPO_PATH
 from features.ranking import RANKER_FEATURES
 from registry.layout import load
 
@@ -36,3 +40,88 @@ def test_train_registers_and_eval_reports_every_scorer(tmp_path: Path) -> None:
         assert report[metric]["oracle"] is not None
     # Same world and split: the registered model's test metrics are what eval measures.
     assert report["auc"]["ranker_live"] == model.metadata.spec.metrics["auc"]["ranker_live"]
+
+
+TEAM_VIEWS = """
+from datetime import timedelta
+
+from feast import Field, FileSource, KafkaSource, StreamFeatureView
+from feast.aggregation import Aggregation
+from feast.data_format import AvroFormat
+from feast.types import Int64
+
+from definitions import item, user
+
+interactions = KafkaSource(
+    name="interactions_stream",
+    kafka_bootstrap_servers="127.0.0.1:9092",
+    topic="interactions",
+    timestamp_field="event_time",
+    message_format=AvroFormat(schema_json=""),
+    batch_source=FileSource(name="interactions_log", path="data/interactions.parquet", timestamp_field="event_time"),
+)
+
+user_watch = StreamFeatureView(
+    name="user_watch",
+    entities=[user],
+    source=interactions,
+    timestamp_field="event_time",
+    ttl=timedelta(days=1),
+    schema=[Field(name="watch_seconds_10m", dtype=Int64)],
+    aggregations=[
+        Aggregation(column="watch_ms", function="sum", time_window=timedelta(minutes=10),
+                    slide_interval=timedelta(seconds=10), name="watch_seconds_10m"),
+    ],
+)
+
+item_clickers = StreamFeatureView(
+    name="item_clickers",
+    entities=[item],
+    source=interactions,
+    timestamp_field="event_time",
+    ttl=timedelta(days=1),
+    tags={"freshrank.event_types": "click"},
+    schema=[Field(name="count_distinct_user_id_1800s", dtype=Int64)],
+    aggregations=[
+        Aggregation(column="user_id", function="count_distinct", time_window=timedelta(minutes=30),
+                    slide_interval=timedelta(seconds=30)),
+    ],
+)
+"""
+DECLARED = ("item_clickers:count_distinct_user_id_1800s", "user_watch:watch_seconds_10m")  # views by name
+
+
+def team_repo(tmp_path: Path) -> Path:
+    """freshrank's feature repo with a team's declared views added, as `feast apply` would read it."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO_PATH, repo, ignore=shutil.ignore_patterns("__pycache__", "data"))
+    (repo / "team_features.py").write_text(TEAM_VIEWS)
+    return repo
+
+
+@pytest.mark.filterwarnings("ignore:Stream feature views are experimental:RuntimeWarning")
+def test_train_with_declared_features_registers_them_as_inputs_and_eval_needs_the_same(tmp_path: Path) -> None:
+    runner = CliRunner()
+    registry, repo = tmp_path / "models", team_repo(tmp_path)
+    declared = ["--declared-features", "--feature-repo", str(repo)]
+    trained = runner.invoke(app, ["train", *WORLD, "--registry", str(registry), *declared])
+    assert trained.exit_code == 0, trained.output
+    model = load(registry)
+    assert model.metadata.spec.feature_names == (*RANKER_FEATURES, *DECLARED)
+    assert model.metadata.spec.extra["parity_max_abs_diff"] < 1e-5
+    session = ort.InferenceSession(str(model.model_path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1] == len(RANKER_FEATURES) + len(DECLARED)
+
+    report_path = tmp_path / "eval.json"
+    evaluated = runner.invoke(
+        app,
+        ["eval", *WORLD, "--registry", str(registry), "--model-version", "1", "--json", str(report_path), *declared],
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(report_path.read_text())
+    assert report["auc"]["ranker_live"] == model.metadata.spec.metrics["auc"]["ranker_live"]
+
+    # The input list is the model's: scoring it without the declared columns is refused, not guessed.
+    without = runner.invoke(app, ["eval", *WORLD, "--registry", str(registry), "--model-version", "1"])
+    assert without.exit_code == 2
+    assert "--declared-features" in " ".join(without.output.split())

@@ -13,6 +13,8 @@ from registry.errors import FeatureMismatchError, RegistryError
 from registry.layout import (
     ModelSpec,
     TrainingWindow,
+    check_features,
+    declared_inputs,
     latest_version,
     list_versions,
     load,
@@ -63,6 +65,26 @@ def test_register_refuses_a_feature_list_that_is_not_the_contract(tmp_path: Path
     with pytest.raises(FeatureMismatchError, match="unknown"):
         register(tmp_path, b"x", spec((*RANKER_FEATURES, "user_shoe_size")))
     assert list_versions(tmp_path) == []
+
+
+def test_a_model_trained_on_declared_features_keeps_them_as_its_input_list(tmp_path: Path) -> None:
+    declared = ("user_watch:watch_seconds_10m", "item_clickers:count_distinct_user_id_3600s")
+    registered = register(tmp_path, b"x", spec((*RANKER_FEATURES, *declared)))
+    assert load(tmp_path).metadata.spec.feature_names == (*RANKER_FEATURES, *declared)
+    assert declared_inputs(registered.metadata.spec.feature_names) == declared
+    assert declared_inputs(RANKER_FEATURES) == ()
+    with pytest.raises(FeatureMismatchError, match="cannot supply"):
+        check_features((*RANKER_FEATURES, *declared), allow_declared=False)
+    # Only after the built-ins, only "<view>:<feature>", each once.
+    for features in (
+        (*declared, *RANKER_FEATURES),
+        (*RANKER_FEATURES, "watch_seconds_10m"),
+        (*RANKER_FEATURES, "user_watch:"),
+        (*RANKER_FEATURES, declared[0], declared[0]),
+    ):
+        with pytest.raises(FeatureMismatchError):
+            register(tmp_path, b"x", spec(features))
+    assert list_versions(tmp_path) == [1]
 
 
 def test_load_refuses_a_model_whose_metadata_drifted(tmp_path: Path) -> None:

@@ -30,6 +30,12 @@ def test_a_model_with_another_feature_list_is_refused(tmp_path: Path) -> None:
         load_model(write_linear_model(tmp_path, 1, feature_names=names))
 
 
+def test_a_model_that_takes_declared_features_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    names = [*RANKER_FEATURES, "user_watch:watch_seconds_10m"]
+    with pytest.raises(ModelRejected, match=r"declared stream features \['user_watch:watch_seconds_10m'\].*without"):
+        load_model(write_linear_model(tmp_path, 1, feature_names=names))
+
+
 def test_a_corrupt_onnx_file_is_refused(tmp_path: Path) -> None:
     version_dir = write_linear_model(tmp_path, 1)
     (version_dir / "model.onnx").write_bytes(b"\x08\x07garbage" * 100)

@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from features.definitions import HOUR_MS, MINUTE_MS
+from features.declared import AggregationSpec, DeclaredFeatures, DeclaredView
+from features.definitions import HOUR_MS, MINUTE_MS, WindowSpec
 from features.events import EventType, InteractionEvent
 from features.item import replay_item
 from features.ranking import RANKER_FEATURES, ItemMeta, feature_matrix
@@ -138,10 +139,7 @@ def test_time_split_keeps_periods_apart_and_in_order(small_world: EventSource) -
     assert 0.5 < len(np.unique(ds.slate[train])) / len(np.unique(ds.slate)) < 0.65
 
 
-def test_declared_views_are_replayed_point_in_time_like_the_stream_job() -> None:
-    from features.declared import AggregationSpec, DeclaredFeatures, DeclaredView
-    from features.definitions import WindowSpec
-
+def declared_views() -> tuple[DeclaredView, DeclaredView]:
     user_watch = DeclaredView(
         "user_watch",
         "user_id",
@@ -153,6 +151,11 @@ def test_declared_views_are_replayed_point_in_time_like_the_stream_job() -> None
         (AggregationSpec("max_pos", "position", "max", WindowSpec("1h", HOUR_MS, MINUTE_MS), "int64"),),
         event_types=frozenset({"impression"}),
     )
+    return user_watch, item_clicks
+
+
+def test_declared_views_are_replayed_point_in_time_like_the_stream_job() -> None:
+    user_watch, item_clicks = declared_views()
     events = [*history(), ev("f1", EventType.VIEW, T + 1, "i-1", watch_ms=99_000)]  # after the request: not counted
     ds = build_dataset(events, CATALOG, declared=[user_watch, item_clicks])
     assert ds.declared_feature_names == ("user_watch:sum_watch_ms_3h", "item_clicks:max_pos")
@@ -173,3 +176,30 @@ def test_declared_views_are_replayed_point_in_time_like_the_stream_job() -> None
     np.testing.assert_array_equal(got, np.asarray(want, dtype=np.float32))
     assert got[0, 0] == 34_000 and np.isnan(got[1, 1]) and got[2, 1] == 0  # i-2 had no earlier impression
     assert len(ds.take(np.flatnonzero(at_t)).declared_feature_names) == 2
+
+
+def test_declared_features_become_ranker_inputs_after_the_built_ins_stale_and_without_a_user_like_them() -> None:
+    events = history()
+    plain = build_dataset(events, CATALOG, declared=declared_views())
+    ds = plain.with_declared_inputs()
+    n = len(RANKER_FEATURES)
+    assert ds.feature_names == (*RANKER_FEATURES, "user_watch:sum_watch_ms_3h", "item_clicks:max_pos")
+    assert ds.declared_user_columns == (0,)
+    np.testing.assert_array_equal(ds.features[:, :n], plain.features)
+    np.testing.assert_array_equal(ds.features[:, n:], plain.declared_features)  # type: ignore[arg-type]
+    at_t = (ds.request_time_ms == T) & (ds.user_id == "u-1")
+    # An hour stale: the user's view held only the complete two hours back (30 s), not the view at T - 30 min;
+    # the item view stays live, as the built-in item features do.
+    assert ds.stale_features is not None
+    stale, live = ds.stale_features[at_t], ds.features[at_t]
+    assert list(live[:, n]) == [34_000] * 3 and list(stale[:, n]) == [30_000] * 3
+    np.testing.assert_array_equal(stale[:, n + 1], live[:, n + 1])
+    no_user = ds.no_user_features()
+    assert np.isnan(no_user[:, n]).all()
+    np.testing.assert_array_equal(no_user[:, n + 1], ds.features[:, n + 1])
+    assert ds.content_hash() != plain.content_hash()
+    assert ds.take(np.flatnonzero(at_t)).feature_names == ds.feature_names
+    with pytest.raises(DatasetError, match="already ranker inputs"):
+        ds.with_declared_inputs()
+    with pytest.raises(DatasetError, match="no declared features"):
+        build_dataset(events, CATALOG).with_declared_inputs()
