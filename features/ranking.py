@@ -204,6 +204,21 @@ def item_columns(items: Sequence[Mapping[str, FeatureValue | None] | None]) -> n
     return block
 
 
+def declared_columns(
+    rows: Sequence[Mapping[str, FeatureValue | None] | None], names: Sequence[str]
+) -> npt.NDArray[np.float32]:
+    """(len(rows), len(names)): declared stream features (`"<view>:<feature>"`, appended after RANKER_FEATURES
+    for a model trained with them) of each row by name; NaN for a missing row, value or null."""
+    out = np.full((len(rows), len(names)), np.nan, dtype=np.float32)
+    for r, values in enumerate(rows):
+        if values is not None:
+            for c, name in enumerate(names):
+                value = values.get(name)
+                if isinstance(value, int | float):
+                    out[r, c] = value
+    return out
+
+
 def feature_matrix_columns(
     user: Mapping[str, FeatureValue | None] | None,
     item_block: npt.NDArray[np.float32] | npt.NDArray[np.float64],

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from sdk.clock import wall_clock_ms
+from sdk.settings import INTERACTIONS_TOPIC
 from serving.api import FeedFastPath, admin, reload_all, router
 from serving.deps import Services
 from serving.errors import InvalidRequest, MalformedBody, ServingError
@@ -32,9 +33,15 @@ from serving.items import Catalog, ItemFeatureCache
 from serving.metrics import ServingMetrics
 from serving.middleware import AuthMiddleware, BodyLimitMiddleware, LoadShedMiddleware, MetricsMiddleware
 from serving.models import ModelRegistry
-from serving.online_store import InMemoryOnlineStore, OnlineStoreError, RedisOnlineReader, make_online_store
+from serving.online_store import (
+    InMemoryOnlineStore,
+    OnlineStoreError,
+    RedisOnlineReader,
+    make_online_store,
+    served_declared_views,
+)
 from serving.pipeline import FeedRanker
-from serving.settings import ServingSettings
+from serving.settings import KafkaEvents, ServingSettings
 
 log = logging.getLogger("freshrank.serving")
 
@@ -85,15 +92,24 @@ async def build_services(
     events: KafkaEventSink | MemoryEventSink | None,
     clock_ms: Callable[[], int],
 ) -> Services:
-    store = store or make_online_store(settings.online_store)
+    if store is None:
+        topic = settings.events.topic if isinstance(settings.events, KafkaEvents) else INTERACTIONS_TOPIC
+        declared = await asyncio.to_thread(served_declared_views, settings.online_store, topic)
+        store = make_online_store(settings.online_store, declared)
+    # Declared features ("<view>:<feature>") the API can give a model: user ones come with the user row,
+    # item ones are held by the item cache beside the ranker's item columns.
+    user_declared = [f"{v.name}:{f}" for v in store.declared if v.entity_key == "user_id" for f in v.feature_names]
+    item_declared = [f"{v.name}:{f}" for v in store.declared if v.entity_key == "item_id" for f in v.feature_names]
     if isinstance(store, RedisOnlineReader):
         await store.open()
     catalog = Catalog(settings.catalog_path)
     await asyncio.to_thread(catalog.reload_if_changed)
     experiments = Experiments(settings.experiments_path)
-    registry = ModelRegistry(settings.model_registry, settings.model_name)
+    registry = ModelRegistry(settings.model_registry, settings.model_name, [*user_declared, *item_declared])
     registry.pinned = experiments.config.pinned_versions()
-    items = ItemFeatureCache(store, catalog, metrics, settings.item_refresh_s, settings.item_cache_max, clock_ms)
+    items = ItemFeatureCache(
+        store, catalog, metrics, settings.item_refresh_s, settings.item_cache_max, clock_ms, item_declared
+    )
     ranker = FeedRanker(settings, store, items, catalog, registry, experiments, metrics, clock_ms)
     services = Services(
         settings=settings,

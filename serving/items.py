@@ -29,7 +29,14 @@ import numpy as np
 import numpy.typing as npt
 
 from feature_repo.layout import FeatureRow
-from features.ranking import ITEM_RANKER_FEATURES, RANKER_FEATURES, CatalogColumns, ItemMeta, item_columns
+from features.ranking import (
+    ITEM_RANKER_FEATURES,
+    RANKER_FEATURES,
+    CatalogColumns,
+    ItemMeta,
+    declared_columns,
+    item_columns,
+)
 from sdk.clock import wall_clock_ms
 from serving.metrics import ServingMetrics
 from serving.online_store import InMemoryOnlineStore, OnlineStoreError, RedisOnlineReader
@@ -133,6 +140,8 @@ class ItemSnapshot:
     a request looks each candidate up once (here) instead of twice (here and in the catalog)."""
     catalog_table: tuple[dict[str, int], CatalogColumns] | None = None
     """The `Catalog.table` those rows index; after a catalog reload they are not used (until the next refresh)."""
+    declared_names: tuple[str, ...] = ()
+    """Declared item features (`"<view>:<feature>"`) in `block`'s columns after the ranker's item columns."""
 
     def with_catalog(self, catalog: Catalog) -> ItemSnapshot:
         table = catalog.table
@@ -144,21 +153,25 @@ class ItemSnapshot:
         return replace(self, catalog_rows=rows, catalog_table=table)
 
     @staticmethod
-    def empty() -> ItemSnapshot:
-        return ItemSnapshot({}, np.empty((0, len(ITEM_COLUMNS)), np.float32), np.empty(0), None)
+    def empty(declared_names: tuple[str, ...] = ()) -> ItemSnapshot:
+        width = len(ITEM_COLUMNS) + len(declared_names)
+        return ItemSnapshot({}, np.empty((0, width), np.float32), np.empty(0), None, declared_names=declared_names)
 
     @staticmethod
-    def build(rows: dict[str, FeatureRow], refreshed_ms: int) -> ItemSnapshot:
+    def build(rows: dict[str, FeatureRow], refreshed_ms: int, declared_names: tuple[str, ...] = ()) -> ItemSnapshot:
         ids = list(rows)
         block = item_columns([rows[i].values for i in ids]).astype(np.float32)
+        if declared_names:
+            block = np.hstack([block, declared_columns([rows[i].values for i in ids], declared_names)])
         as_of = np.array([np.nan if rows[i].as_of_ms is None else rows[i].as_of_ms for i in ids], dtype=np.float64)
-        return ItemSnapshot({item_id: n for n, item_id in enumerate(ids)}, block, as_of, refreshed_ms)
+        index = {item_id: n for n, item_id in enumerate(ids)}
+        return ItemSnapshot(index, block, as_of, refreshed_ms, declared_names=declared_names)
 
     def merged(self, rows: dict[str, FeatureRow]) -> ItemSnapshot:
         """This snapshot plus (or with newer) `rows`; keeps `refreshed_ms` (a partial read is not a refresh)."""
         if not rows:
             return self
-        update = ItemSnapshot.build(rows, self.refreshed_ms or wall_clock_ms())
+        update = ItemSnapshot.build(rows, self.refreshed_ms or wall_clock_ms(), self.declared_names)
         index = dict(self.index)
         block = self.block
         as_of = self.as_of_ms
@@ -181,7 +194,9 @@ class ItemSnapshot:
             if catalog_rows is not None and self.catalog_table is not None:
                 # Only the new items are looked up: a quick read must not cost a pass over the whole cache.
                 catalog_rows = np.concatenate([catalog_rows, _rows_of(self.catalog_table[0], new_ids)])
-        return ItemSnapshot(index, block, as_of, self.refreshed_ms, catalog_rows, self.catalog_table)
+        return ItemSnapshot(
+            index, block, as_of, self.refreshed_ms, catalog_rows, self.catalog_table, self.declared_names
+        )
 
 
 @dataclass(frozen=True)
@@ -196,9 +211,10 @@ class ItemLookup:
     """Some candidate is not cached (`rows` holds a -1)."""
 
     def item_block(self) -> npt.NDArray[np.float32]:
+        """(n, ranker item columns + declared item features): one row per candidate, NaN where not cached."""
         block = self.snapshot.block
         if not len(block):
-            return np.full((len(self.rows), len(ITEM_COLUMNS)), np.nan, dtype=np.float32)
+            return np.full((len(self.rows), block.shape[1]), np.nan, dtype=np.float32)
         # One gather; a -1 row read the last cached item and is blanked after (cheaper than a masked gather).
         out = block[self.rows]
         if self.missing:
@@ -233,14 +249,19 @@ class ItemFeatureCache:
         refresh_s: float,
         max_items: int,
         clock_ms: Callable[[], int] = wall_clock_ms,
+        declared_names: Sequence[str] = (),
     ) -> None:
+        """`declared_names`: declared item features (`"<view>:<feature>"`) to hold beside the ranker's columns."""
         self.store = store
         self.catalog = catalog
         self.metrics = metrics
         self.refresh_s = refresh_s
         self.max_items = max_items
         self.clock_ms = clock_ms
-        self.snapshot = ItemSnapshot.empty()
+        self.declared_names = tuple(declared_names)
+        self.declared_columns = {name: column for column, name in enumerate(self.declared_names)}
+        """Column of each declared item feature in a lookup's `item_block`, after the ranker's item columns."""
+        self.snapshot = ItemSnapshot.empty(self.declared_names)
         self.popular: list[str] = []
         # Items requests asked for that exist in the store, most recent last; bounded by max_items.
         self._interest: OrderedDict[str, None] = OrderedDict()
@@ -333,7 +354,7 @@ class ItemFeatureCache:
             self.metrics.item_cache_refreshes.labels("failed").inc()
             log.warning("item features not refreshed: %s", error)
             return False
-        self.snapshot = ItemSnapshot.build(rows, started).with_catalog(self.catalog)
+        self.snapshot = ItemSnapshot.build(rows, started, self.declared_names).with_catalog(self.catalog)
         self._absent = OrderedDict()
         self._mark_absent([item_id for item_id in ids if item_id not in rows])
         for item_id in ids:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ class LoadedModel:
     input_name: str
     output_name: str
     output_index: int
+    declared_inputs: tuple[str, ...] = ()
+    """Declared stream features the model takes after RANKER_FEATURES (`"<view>:<feature>"`), in order."""
 
     def score(self, matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         """Engagement probability per row."""
@@ -76,19 +79,26 @@ def session_options() -> ort.SessionOptions:
     return options
 
 
-def load_model(version_dir: Path, expected_features: tuple[str, ...] = RANKER_FEATURES) -> LoadedModel:
-    """Load and validate one version directory; ModelRejected says why it must not serve."""
+def load_model(
+    version_dir: Path, expected_features: tuple[str, ...] = RANKER_FEATURES, served_declared: Collection[str] = ()
+) -> LoadedModel:
+    """Load and validate one version directory; ModelRejected says why it must not serve.
+
+    `served_declared`: the declared stream features this API reads (`"<view>:<feature>"`); a model trained
+    with others is refused, never fed NaN for them."""
     try:
         # The registry's own reader and feature check: one definition of a valid version.
         metadata = read_metadata(version_dir)
+        check_features(metadata.spec.feature_names, expected_features)
         declared = declared_inputs(metadata.spec.feature_names, expected_features)
-        if declared:
+        unserved = [name for name in declared if name not in served_declared]
+        if unserved:
             raise ModelRejected(
-                f"{version_dir}: the model takes declared stream features {list(declared[:5])} (trained with "
-                "--declared-features); the feed API does not serve declared features yet: register a model "
-                "trained without them"
+                f"{version_dir}: the model takes declared stream features {unserved[:5]} that this API does not "
+                "read: they are not stream feature views of the Feast registry it loaded at start "
+                f"({len(served_declared)} declared feature(s) served); `feast apply` the views and restart the "
+                "API, or register a model trained without them"
             )
-        check_features(metadata.spec.feature_names, expected_features, allow_declared=False)
     except RegistryError as error:
         raise ModelRejected(f"{version_dir}: {error}") from None
     version, spec = metadata.version, metadata.spec
@@ -117,8 +127,9 @@ def load_model(version_dir: Path, expected_features: tuple[str, ...] = RANKER_FE
         input_name=input_name,
         output_name=output_name,
         output_index=spec.output_index,
+        declared_inputs=declared,
     )
-    probe = probe_batch(len(expected_features))
+    probe = probe_batch(len(expected_features) + len(declared))
     try:
         scores = model.score(probe)
     except Exception as error:
@@ -155,9 +166,10 @@ class ScanReport:
 class ModelRegistry:
     """Watches `<root>/<name>/` and keeps the newest valid version plus the versions A/B arms pin."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, served_declared: Collection[str] = ()) -> None:
         self.root = root
         self.name = name
+        self.served_declared = frozenset(served_declared)
         self.models = ModelSet()
         self.refused: dict[int, str] = {}
         self.pinned: frozenset[int] = frozenset()
@@ -208,7 +220,7 @@ class ModelRegistry:
                     continue
                 self._attempted[version] = stamp
                 try:
-                    model = load_model(on_disk[version])
+                    model = load_model(on_disk[version], served_declared=self.served_declared)
                 except ModelRejected as error:
                     # An in-memory session of this version (if any) keeps serving: files changed
                     # under it, but what was validated is still what answers.

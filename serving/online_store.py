@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from feature_repo.definitions import AS_OF_FIELD, ITEM_VIEW, JOIN_KEYS, USER_VIEW
 from feature_repo.layout import FeatureRow, UndecodableValue, ViewLayout, redis_host_port, view_layouts
 from features.candidates import decode_candidates, popular_country_key
+from features.declared import DeclaredView
 from serving.settings import MemoryOnlineStore, RedisOnlineStore
 
 log = logging.getLogger("freshrank.serving.online_store")
@@ -91,10 +92,37 @@ def decode_row(layout: ViewLayout, entity_id: str, raw: Sequence[bytes | None]) 
         raise CorruptRow(str(error)) from None
 
 
+class EntityRead:
+    """One entity's built-in view and the declared views served with it: one HMGET of their fields (they share
+    the entity's Feast hash), decoded into the built-in row with each declared value as `"<view>:<feature>"`."""
+
+    def __init__(self, built_in: ViewLayout, declared: Sequence[ViewLayout] = ()) -> None:
+        self.built_in = built_in
+        self.declared = tuple(declared)
+        self.fields: list[bytes] = [f for layout in (built_in, *self.declared) for f in layout.read_fields]
+        self._width = len(built_in.read_fields)
+
+    def decode(self, entity_id: str, raw: Sequence[bytes | None]) -> FeatureRow | None:
+        width = self._width
+        row = decode_row(self.built_in, entity_id, raw[:width])
+        if row is None or not self.declared:
+            return row
+        values = dict(row.values)
+        start = width
+        for layout in self.declared:
+            end = start + len(layout.read_fields)
+            declared = decode_row(layout, entity_id, raw[start:end])
+            if declared is not None:
+                values.update((f"{layout.view}:{name}", value) for name, value in declared.values.items())
+            start = end
+        return row._replace(values=values)
+
+
 class RedisOnlineReader:
     """Async reads of Feast's Redis hashes and the candidate lists, one round trip each."""
 
-    def __init__(self, config: RedisOnlineStore) -> None:
+    def __init__(self, config: RedisOnlineStore, declared: Sequence[DeclaredView] = ()) -> None:
+        """`declared`: stream feature views declared in Feast whose values are read with their entity's row."""
         host, port = redis_host_port(config.address)
         self.config = config
         self._client = aioredis.Redis(
@@ -108,11 +136,14 @@ class RedisOnlineReader:
             max_connections=config.max_connections,
             retry_on_timeout=False,
         )
-        layouts = view_layouts(config.feast_project)
+        layouts = view_layouts(config.feast_project, declared)
         self.user_layout = layouts[USER_VIEW]
         self.item_layout = layouts[ITEM_VIEW]
+        self.declared = tuple(declared)
+        self.user_read = EntityRead(self.user_layout, [layouts[v.name] for v in declared if v.entity_key == "user_id"])
+        self.item_read = EntityRead(self.item_layout, [layouts[v.name] for v in declared if v.entity_key == "item_id"])
         # The user HMGET packed once but for its key: redis-py would encode its ~40 field names per request.
-        fields = self.user_layout.read_fields
+        fields = self.user_read.fields
         self._user_hmget_head = _command_head(2 + len(fields), b"HMGET")
         self._user_hmget_fields = b"".join(map(_bulk, fields))
         self._feast: Any = None
@@ -136,7 +167,7 @@ class RedisOnlineReader:
         except (redis.RedisError, OSError) as error:
             raise OnlineStoreError(f"user features: {type(error).__name__}: {error}") from error
         try:
-            return decode_row(self.user_layout, user_id, raw)
+            return self.user_read.decode(user_id, raw)
         except CorruptRow as error:
             self.on_corrupt("user", user_id, str(error))
             raise
@@ -180,19 +211,19 @@ class RedisOnlineReader:
 
     async def item_rows(self, item_ids: Sequence[str]) -> dict[str, FeatureRow]:
         rows: dict[str, FeatureRow] = {}
-        layout = self.item_layout
+        layout, read = self.item_layout, self.item_read
         for start in range(0, len(item_ids), ITEM_BATCH):
             chunk = item_ids[start : start + ITEM_BATCH]
             try:
                 async with self._client.pipeline(transaction=False) as pipe:
                     for item_id in chunk:
-                        pipe.hmget(layout.key(item_id), layout.read_fields)  # type: ignore[arg-type]
+                        pipe.hmget(layout.key(item_id), read.fields)  # type: ignore[arg-type]
                     replies = await pipe.execute()
             except (redis.RedisError, OSError) as error:
                 raise OnlineStoreError(f"item features: {type(error).__name__}: {error}") from error
             for offset, (item_id, raw) in enumerate(zip(chunk, replies, strict=True), 1):
                 try:
-                    row = decode_row(layout, item_id, raw)
+                    row = read.decode(item_id, raw)
                 except CorruptRow as error:
                     # One bad hash must not cost the other items their refresh: skip it, count it.
                     self.on_corrupt("item", item_id, str(error))
@@ -219,7 +250,6 @@ class RedisOnlineReader:
         """
         if self._feast is not None:
             return await _concurrent_feed_reads(self, user_id, candidates_key)
-        layout = self.user_layout
         packed = _command_head(2, b"GET") + _bulk(candidates_key.encode()) + self._user_hmget(user_id)
         try:
             raw_list, raw_user = await self._exchange(packed, 2)
@@ -234,7 +264,7 @@ class RedisOnlineReader:
         except CorruptRow as error:
             candidates_error = error
         try:
-            user = decode_row(layout, user_id, raw_user)
+            user = self.user_read.decode(user_id, raw_user)
         except CorruptRow as error:
             self.on_corrupt("user", user_id, str(error))
             user_error = error
@@ -310,6 +340,8 @@ class InMemoryOnlineStore:
     reads: int = 0
     """Entities asked for, all reads together (a measure of the load requests put on the store)."""
     on_corrupt: Callable[[str, str, str], None] = field(default=lambda kind, entity_id, reason: None)
+    declared: tuple[DeclaredView, ...] = ()
+    """Declared views whose values the rows hold as `"<view>:<feature>"` (what RedisOnlineReader reads)."""
 
     async def _check(self, entities: int = 1) -> None:
         if self.delay_s:
@@ -360,7 +392,30 @@ class InMemoryOnlineStore:
         return None
 
 
-def make_online_store(config: RedisOnlineStore | MemoryOnlineStore) -> RedisOnlineReader | InMemoryOnlineStore:
+def make_online_store(
+    config: RedisOnlineStore | MemoryOnlineStore, declared: Sequence[DeclaredView] = ()
+) -> RedisOnlineReader | InMemoryOnlineStore:
     if isinstance(config, RedisOnlineStore):
-        return RedisOnlineReader(config)
-    return InMemoryOnlineStore()
+        return RedisOnlineReader(config, declared)
+    return InMemoryOnlineStore(declared=tuple(declared))
+
+
+def served_declared_views(config: RedisOnlineStore | MemoryOnlineStore, topic: str) -> list[DeclaredView]:
+    """The stream feature views declared in the Feast registry the stream job computes (as it validates them
+    on `topic`), whose values the API reads with their entity's row. Blocking (Feast reads the registry);
+    a registry that cannot be read serves none, with a warning: the API still starts."""
+    if not isinstance(config, RedisOnlineStore):
+        return []
+    from feature_repo.declared import load_declared
+
+    try:
+        views, refused = load_declared(config.address, config.feast_registry, topic)
+    except Exception as error:  # Feast raises many types for an unreadable registry
+        registry, kind = config.feast_registry, type(error).__name__
+        log.warning("declared feature views not read from %s: %s: %s", registry, kind, error)
+        return []
+    for refusal in refused:
+        log.warning("declared view not served (the stream job refuses it too): %s", refusal)
+    for view in views:
+        log.info("serving declared view %s (by %s): %s", view.name, view.entity_key, ", ".join(view.feature_names))
+    return views

@@ -47,6 +47,7 @@ from serving.settings import ServingSettings
 log = logging.getLogger("freshrank.serving.pipeline")
 T = TypeVar("T")
 
+_N_ITEM = len(ITEM_RANKER_FEATURES)
 _SMOOTHED_CTR = ITEM_RANKER_FEATURES.index("item_smoothed_ctr_24h")
 _CLICKS = ITEM_RANKER_FEATURES.index("item_clicks_24h")
 _IMPRESSIONS = ITEM_RANKER_FEATURES.index("item_impressions_24h")
@@ -313,18 +314,21 @@ class FeedRanker:
 
         # feature_matrix's own columns code, fed with columns: the item block from the cache (laid
         # out by feature_matrix at refresh time) and the catalog aligned to the candidates.
+        ranker_items = item_block if item_block.shape[1] == _N_ITEM else item_block[:, :_N_ITEM]
         try:
-            matrix = feature_matrix_columns(user, item_block, catalog, candidates, now_ms)
+            matrix = feature_matrix_columns(user, ranker_items, catalog, candidates, now_ms)
         except Exception:
             # A decodable user row with values of the wrong shape: rank as for a user without features.
             log.exception("feature matrix failed for user %r; ranking without user features", query.user_id[:128])
             degraded.append("user_features:unusable")
             user = None
-            matrix = feature_matrix_columns(None, item_block, catalog, candidates, now_ms)
+            matrix = feature_matrix_columns(None, ranker_items, catalog, candidates, now_ms)
+        model = self._model(arm.pinned_version, degraded)
+        if model is not None and model.declared_inputs:
+            matrix = np.hstack([matrix, self._declared_matrix(model.declared_inputs, user, item_block)])
         t2 = time.perf_counter()
         self._stages["matrix"].observe(t2 - t1)
 
-        model = self._model(arm.pinned_version, degraded)
         scores = self._score(model, matrix, item_block, degraded)
         t3 = time.perf_counter()
         self._stages["score"].observe(t3 - t2)
@@ -348,6 +352,25 @@ class FeedRanker:
             items=items,
             degraded=degraded,
         )
+
+    def _declared_matrix(
+        self,
+        names: tuple[str, ...],
+        user: dict[str, FeatureValue | None] | None,
+        item_block: npt.NDArray[np.float32],
+    ) -> npt.NDArray[np.float32]:
+        """The declared columns a model takes, in its order: an item feature from the cache's block (after the
+        ranker's item columns), a user feature from the user's row (the same for every candidate); NaN when
+        absent, as LightGBM learned for missing values."""
+        out = np.full((len(item_block), len(names)), np.nan, dtype=np.float32)
+        item_columns = self.items.declared_columns
+        for column, name in enumerate(names):
+            at = item_columns.get(name)
+            if at is not None:
+                out[:, column] = item_block[:, _N_ITEM + at]
+            elif user is not None and isinstance(value := user.get(name), int | float):
+                out[:, column] = value
+        return out
 
     def _score(
         self,

@@ -23,6 +23,10 @@ from feature_repo.declared import drafts_from_registry
 from feature_repo.store import REPO_PATH, apply, open_store
 from features.declared import DeclaredView, replay_declared, validate_all
 from features.events import InteractionEvent
+from features.ranking import RANKER_FEATURES
+from serving.app import create_app
+from serving.settings import KafkaEvents, RedisOnlineStore, ServingSettings
+from serving.testing import AppClient, write_linear_model
 from simulator.catalog import write_catalog
 from stack.processes import Component
 from tests.integration.streamjob import (
@@ -189,6 +193,53 @@ def test_a_view_declared_with_feast_is_computed_by_the_stream_job_and_read_back_
     problems = wait_exact(lambda: declared_mismatches(redis_server.address, registry, views, groups), timeout_s=240)
     assert problems == [], problems[:20]
     assert "declared view user_watch (by user_id)" in job.flink_log() + job.log_path.read_text()
+    api_serves_a_model_trained_on_the_views(tmp_path, bootstrap, redis_server, fresh_topic, registry, views, groups)
+
+
+def api_serves_a_model_trained_on_the_views(
+    tmp_path: Path,
+    bootstrap: str,
+    redis_server: Component,
+    topic: str,
+    registry: Path,
+    views: list[DeclaredView],
+    groups: dict[str, dict[str, list[InteractionEvent]]],
+) -> None:
+    """The feed API reads the views from the same registry, their values from the job's rows, and serves a
+    model whose inputs name them; what it reads for an entity is what Feast serves."""
+    declared = [f"{view.name}:{name}" for view in views for name in view.feature_names]
+    models = tmp_path / "models"
+    weights = [0.0] * len(RANKER_FEATURES) + [0.001] * len(declared)
+    write_linear_model(models, 1, weights=weights, bias=-1.0, feature_names=[*RANKER_FEATURES, *declared])
+    settings = ServingSettings(
+        environment="dev",
+        online_store=RedisOnlineStore(address=redis_server.address, feast_registry=registry),
+        events=KafkaEvents(bootstrap_servers=bootstrap, topic=topic),
+        model_registry=models,
+        catalog_path=tmp_path / "catalog.parquet",
+    )
+    store = open_store(redis_server.address, registry)
+    with AppClient(create_app(settings)) as client:
+        services = client.services
+        assert services.registry.refused == {} and services.registry.models.latest.version == 1
+        for view in views:
+            ids = sorted(groups[view.entity_key])[:20]
+            refs = [f"{view.name}:{name}" for name in view.feature_names]
+            feast = store.get_online_features(features=refs, entity_rows=[{view.entity_key: i} for i in ids]).to_dict()
+            if view.entity_key == "user_id":
+                rows = {i: client.run(services.store.user_row(i)) for i in ids}
+            else:
+                rows = client.run(services.store.item_rows(ids))
+            for index, entity in enumerate(ids):
+                row = rows.get(entity)
+                for name in view.feature_names:
+                    got = None if row is None else row.values.get(f"{view.name}:{name}")
+                    assert same(got, feast[name][index]), (view.name, entity, name, got, feast[name][index])
+        user = sorted(groups["user_id"])[0]
+        answer = client.post("/v1/rank", json={"user_id": user, "candidates": sorted(groups["item_id"])[:20]})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["model"]["version"] == 1 and not [r for r in body["degraded"] if r.startswith("model:")]
 
 
 def test_a_view_the_job_cannot_run_stops_it_at_start_with_view_field_and_reason(
