@@ -64,7 +64,7 @@ def plot_freshness(report: dict[str, Any], path: Path) -> Path:
         f"{report['events_sent']:,} events, commit {report.get('git_commit') or '?'}"
     )
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(loc="lower right", fontsize="small")
+    axes.legend(loc="upper left", fontsize="small")  # the curves rise to the right: this corner stays clear
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
