@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,10 +12,28 @@ from cli.options import (
     fail,
 )
 
+if TYPE_CHECKING:
+    from features.declared import ViewDraft
+
 features_app = typer.Typer(
     help="Streaming features declared with Feast (KafkaSource + StreamFeatureView) that the stream job computes.",
     no_args_is_help=True,
 )
+
+
+def repo_drafts(repo: Path | None) -> tuple[Path, list[ViewDraft]]:
+    """The stream feature views of a Feast repo (default: freshrank's feature_repo/); a CLI error (exit 2)
+    when it is not a Feast repo or its Python does not load."""
+    from feature_repo.declared import drafts_from_repo
+    from feature_repo.store import REPO_PATH
+
+    path = repo or REPO_PATH
+    if not (path / "feature_store.yaml").is_file():
+        raise fail(f"{path} is not a Feast repo (no feature_store.yaml): pass --feature-repo or --repo", code=2)
+    try:
+        return path, drafts_from_repo(path)
+    except Exception as error:  # the user's Python: an import error, a Feast ValueError
+        raise fail(f"cannot load the Feast repo {path}: {type(error).__name__}: {error}", code=2) from None
 
 
 @features_app.command("check")
@@ -27,17 +45,10 @@ def features_check(
 
     Run it before `feast apply`: the job refuses at start whatever this command refuses.
     """
-    from feature_repo.declared import check, drafts_from_repo
-    from feature_repo.store import REPO_PATH
+    from feature_repo.declared import check
     from streaming.settings import StreamSettings
 
-    path = repo or REPO_PATH
-    if not (path / "feature_store.yaml").is_file():
-        raise fail(f"{path} is not a Feast repo (no feature_store.yaml)", code=2)
-    try:
-        drafts = drafts_from_repo(path)
-    except Exception as error:  # the user's Python: an import error, a Feast ValueError
-        raise fail(f"cannot load the Feast repo {path}: {type(error).__name__}: {error}", code=2) from None
+    path, drafts = repo_drafts(repo)
     accepted, refused = check(drafts, topic or StreamSettings().topic)
     for view in accepted:
         kept = "all events" if view.event_types is None else "event types " + ", ".join(sorted(view.event_types))

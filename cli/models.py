@@ -58,17 +58,11 @@ def _declared_views(enabled: bool, repo: Path | None, topic: str | None) -> list
     """The repo's declared views as the stream job would run them; a CLI error naming every refusal."""
     if not enabled:
         return []
-    from feature_repo.declared import check, drafts_from_repo
-    from feature_repo.store import REPO_PATH
+    from cli.declared_features import repo_drafts
+    from feature_repo.declared import check
     from sdk.settings import INTERACTIONS_TOPIC
 
-    path = repo or REPO_PATH
-    if not (path / "feature_store.yaml").is_file():
-        raise fail(f"{path} is not a Feast repo (no feature_store.yaml): pass --feature-repo", code=2)
-    try:
-        drafts = drafts_from_repo(path)
-    except Exception as error:  # the user's Python: an import error, a Feast ValueError
-        raise fail(f"cannot load the Feast repo {path}: {type(error).__name__}: {error}", code=2) from None
+    path, drafts = repo_drafts(repo)
     views, refused = check(drafts, topic or INTERACTIONS_TOPIC)
     if refused:
         raise fail(

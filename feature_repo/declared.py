@@ -97,6 +97,12 @@ def _inside(repo: Path) -> Iterator[None]:
         os.chdir(cwd)
         with contextlib.suppress(ValueError):
             sys.path.remove(str(repo))
+        # Feast imports the files under their bare names (`team_features`, `definitions`): forget them, or the
+        # next repo read in this process would get this repo's modules from the import cache instead of its own.
+        for name, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None)
+            if file and Path(file).resolve().is_relative_to(repo):
+                del sys.modules[name]
 
 
 @contextlib.contextmanager

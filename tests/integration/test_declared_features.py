@@ -9,7 +9,6 @@ A view the job cannot run stops `freshrank stream` before Flink starts.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 from feature_repo.declared import drafts_from_registry
-from feature_repo.store import REPO_PATH, apply, open_store
+from feature_repo.store import apply, open_store
 from features.declared import DeclaredView, replay_declared, validate_all
 from features.events import InteractionEvent
 from features.ranking import RANKER_FEATURES
@@ -29,6 +28,7 @@ from serving.settings import KafkaEvents, RedisOnlineStore, ServingSettings
 from serving.testing import AppClient, write_linear_model
 from simulator.catalog import write_catalog
 from stack.processes import Component
+from tests.feast_repos import SOURCE, team_repo
 from tests.integration.streamjob import (
     StreamJob,
     encoded,
@@ -46,24 +46,6 @@ LATENESS_MS = 300_000
 pytestmark = pytest.mark.filterwarnings("ignore:Stream feature views are experimental:RuntimeWarning")
 
 VIEWS = """
-from datetime import timedelta
-
-from feast import Field, FileSource, KafkaSource, StreamFeatureView
-from feast.aggregation import Aggregation
-from feast.data_format import AvroFormat
-from feast.types import Float64, Int64
-
-from definitions import item, user
-
-interactions = KafkaSource(
-    name="interactions_stream",
-    kafka_bootstrap_servers="127.0.0.1:9092",
-    topic="{topic}",
-    timestamp_field="event_time",
-    message_format=AvroFormat(schema_json=""),
-    batch_source=FileSource(name="interactions_log", path="data/interactions.parquet", timestamp_field="event_time"),
-)
-
 user_watch = StreamFeatureView(
     name="user_watch{suffix}",
     entities=[user],
@@ -110,10 +92,7 @@ def user_repo(tmp_path: Path, topic: str, views: str, suffix: str = "") -> Path:
 
     `suffix` names the views apart from other tests' (Redis is shared by the session; a row another
     test wrote for the same item would look like one this test's job wrote)."""
-    repo = tmp_path / "repo"
-    shutil.copytree(REPO_PATH, repo, ignore=shutil.ignore_patterns("__pycache__", "data"))
-    (repo / "team_features.py").write_text(views.format(topic=topic, suffix=suffix))
-    return repo
+    return team_repo(tmp_path, views.format(suffix=suffix), topic)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -288,7 +267,7 @@ def test_declared_state_survives_a_sigkill_and_a_changed_view_keeps_what_it_can(
         1,
     )
     assert changed != VIEWS
-    (repo / "team_features.py").write_text(changed.format(topic=fresh_topic, suffix="_restored"))
+    (repo / "team_features.py").write_text(SOURCE.format(topic=fresh_topic) + changed.format(suffix="_restored"))
     apply(redis_server.address, registry, repo=repo)
     job.start()
     by_user, by_item = expected_features(log, categories, LATENESS_MS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import onnxruntime as ort
@@ -11,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from feature_repo.store import REPO_PATH
 from features.ranking import RANKER_FEATURES
 from registry.layout import load
+from tests.feast_repos import team_repo
 
 WORLD = ["--seconds", "3600", "--rate", "10", "--users", "300", "--items", "200", "--seed", "2"]
 
@@ -43,24 +42,6 @@ def test_train_registers_and_eval_reports_every_scorer(tmp_path: Path) -> None:
 
 
 TEAM_VIEWS = """
-from datetime import timedelta
-
-from feast import Field, FileSource, KafkaSource, StreamFeatureView
-from feast.aggregation import Aggregation
-from feast.data_format import AvroFormat
-from feast.types import Int64
-
-from definitions import item, user
-
-interactions = KafkaSource(
-    name="interactions_stream",
-    kafka_bootstrap_servers="127.0.0.1:9092",
-    topic="interactions",
-    timestamp_field="event_time",
-    message_format=AvroFormat(schema_json=""),
-    batch_source=FileSource(name="interactions_log", path="data/interactions.parquet", timestamp_field="event_time"),
-)
-
 user_watch = StreamFeatureView(
     name="user_watch",
     entities=[user],
@@ -91,18 +72,10 @@ item_clickers = StreamFeatureView(
 DECLARED = ("item_clickers:count_distinct_user_id_1800s", "user_watch:watch_seconds_10m")  # views by name
 
 
-def team_repo(tmp_path: Path) -> Path:
-    """freshrank's feature repo with a team's declared views added, as `feast apply` would read it."""
-    repo = tmp_path / "repo"
-    shutil.copytree(REPO_PATH, repo, ignore=shutil.ignore_patterns("__pycache__", "data"))
-    (repo / "team_features.py").write_text(TEAM_VIEWS)
-    return repo
-
-
 @pytest.mark.filterwarnings("ignore:Stream feature views are experimental:RuntimeWarning")
 def test_train_with_declared_features_registers_them_as_inputs_and_eval_needs_the_same(tmp_path: Path) -> None:
     runner = CliRunner()
-    registry, repo = tmp_path / "models", team_repo(tmp_path)
+    registry, repo = tmp_path / "models", team_repo(tmp_path, TEAM_VIEWS)
     declared = ["--declared-features", "--feature-repo", str(repo)]
     trained = runner.invoke(app, ["train", *WORLD, "--registry", str(registry), *declared])
     assert trained.exit_code == 0, trained.output
