@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from features.ranking import RANKER_FEATURES
 from registry.layout import load
-from tests.feast_repos import team_repo
+from tests.feast_repos import ITEM_CLICKERS, team_repo, user_watch
 
 WORLD = ["--seconds", "3600", "--rate", "10", "--users", "300", "--items", "200", "--seed", "2"]
 
@@ -41,34 +41,7 @@ def test_train_registers_and_eval_reports_every_scorer(tmp_path: Path) -> None:
     assert report["auc"]["ranker_live"] == model.metadata.spec.metrics["auc"]["ranker_live"]
 
 
-TEAM_VIEWS = """
-user_watch = StreamFeatureView(
-    name="user_watch",
-    entities=[user],
-    source=interactions,
-    timestamp_field="event_time",
-    ttl=timedelta(days=1),
-    schema=[Field(name="watch_seconds_10m", dtype=Int64)],
-    aggregations=[
-        Aggregation(column="watch_ms", function="sum", time_window=timedelta(minutes=10),
-                    slide_interval=timedelta(seconds=10), name="watch_seconds_10m"),
-    ],
-)
-
-item_clickers = StreamFeatureView(
-    name="item_clickers",
-    entities=[item],
-    source=interactions,
-    timestamp_field="event_time",
-    ttl=timedelta(days=1),
-    tags={"freshrank.event_types": "click"},
-    schema=[Field(name="count_distinct_user_id_1800s", dtype=Int64)],
-    aggregations=[
-        Aggregation(column="user_id", function="count_distinct", time_window=timedelta(minutes=30),
-                    slide_interval=timedelta(seconds=30)),
-    ],
-)
-"""
+TEAM_VIEWS = user_watch() + ITEM_CLICKERS
 DECLARED = ("item_clickers:count_distinct_user_id_1800s", "user_watch:watch_seconds_10m")  # views by name
 
 

@@ -8,24 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.feast_repos import team_repo
+from tests.feast_repos import team_repo, user_watch
 
 pytestmark = pytest.mark.filterwarnings("ignore:Stream feature views are experimental:RuntimeWarning")
 
-MEDIAN_VIEW = """
-user_watch = StreamFeatureView(
-    name="user_watch",
-    entities=[user],
-    source=interactions,
-    timestamp_field="event_time",
-    ttl=timedelta(days=1),
-    schema=[Field(name="median_watch_ms_600s", dtype=Int64)],
-    aggregations=[
-        Aggregation(column="watch_ms", function="median", time_window=timedelta(minutes=10),
-                    slide_interval=timedelta(seconds=10)),
-    ],
-)
-"""
+MEDIAN_VIEW = user_watch(function="median", output="median_watch_ms_600s")
 
 
 def said(output: str) -> str:

@@ -17,7 +17,7 @@ from feast.value_type import ValueType
 
 from feature_repo.declared import check, draft_of, drafts_from_repo, load_declared
 from features.declared import DeclaredView
-from tests.feast_repos import team_repo
+from tests.feast_repos import team_repo, user_watch
 
 USER = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING)
 SESSION = Entity(name="session", join_keys=["session_id"], value_type=ValueType.STRING)
@@ -95,21 +95,8 @@ def test_no_registry_yet_means_no_declared_views(tmp_path: Path) -> None:
 
 
 def test_two_repos_with_the_same_file_names_are_each_read_as_they_are(tmp_path: Path) -> None:
-    one = team_repo(tmp_path / "one", VIEW.format(name="user_watch"))
-    two = team_repo(tmp_path / "two", VIEW.format(name="user_watch_v2"))
+    one = team_repo(tmp_path / "one", user_watch("user_watch"))
+    two = team_repo(tmp_path / "two", user_watch("user_watch_v2"))
     assert [draft.name for draft in drafts_from_repo(one)] == ["user_watch"]
     assert [draft.name for draft in drafts_from_repo(two)] == ["user_watch_v2"]  # not one's cached module
     assert [draft.name for draft in drafts_from_repo(one)] == ["user_watch"]
-
-
-VIEW = """
-user_watch = StreamFeatureView(
-    name="{name}",
-    entities=[user],
-    source=interactions,
-    timestamp_field="event_time",
-    ttl=timedelta(days=1),
-    schema=[Field(name="watch_seconds_10m", dtype=Int64)],
-    aggregations=[Aggregation(column="watch_ms", function="sum", time_window=timedelta(minutes=10))],
-)
-"""
