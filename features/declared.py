@@ -173,6 +173,11 @@ class DeclaredView:
     def feature_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.aggregations)
 
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """`"<view>:<feature>"` per aggregation: the column's name among a ranker's inputs (Feast's reference)."""
+        return tuple(f"{self.name}:{name}" for name in self.feature_names)
+
     def admits(self, event: InteractionEvent) -> bool:
         return self.event_types is None or event.event_type.value in self.event_types
 

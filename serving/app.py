@@ -96,16 +96,16 @@ async def build_services(
         topic = settings.events.topic if isinstance(settings.events, KafkaEvents) else INTERACTIONS_TOPIC
         declared = await asyncio.to_thread(served_declared_views, settings.online_store, topic)
         store = make_online_store(settings.online_store, declared)
-    # Declared features ("<view>:<feature>") the API can give a model: user ones come with the user row,
-    # item ones are held by the item cache beside the ranker's item columns.
-    user_declared = [f"{v.name}:{f}" for v in store.declared if v.entity_key == "user_id" for f in v.feature_names]
-    item_declared = [f"{v.name}:{f}" for v in store.declared if v.entity_key == "item_id" for f in v.feature_names]
     if isinstance(store, RedisOnlineReader):
         await store.open()
     catalog = Catalog(settings.catalog_path)
     await asyncio.to_thread(catalog.reload_if_changed)
     experiments = Experiments(settings.experiments_path)
-    registry = ModelRegistry(settings.model_registry, settings.model_name, [*user_declared, *item_declared])
+    # Declared features ("<view>:<feature>") the API can give a model: user ones come with the user row,
+    # item ones are held by the item cache beside the ranker's item columns.
+    served = [name for view in store.declared for name in view.input_names]
+    item_declared = [name for view in store.declared if view.entity_key == "item_id" for name in view.input_names]
+    registry = ModelRegistry(settings.model_registry, settings.model_name, served)
     registry.pinned = experiments.config.pinned_versions()
     items = ItemFeatureCache(
         store, catalog, metrics, settings.item_refresh_s, settings.item_cache_max, clock_ms, item_declared

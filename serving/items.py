@@ -160,9 +160,10 @@ class ItemSnapshot:
     @staticmethod
     def build(rows: dict[str, FeatureRow], refreshed_ms: int, declared_names: tuple[str, ...] = ()) -> ItemSnapshot:
         ids = list(rows)
-        block = item_columns([rows[i].values for i in ids]).astype(np.float32)
+        values = [rows[i].values for i in ids]
+        block = item_columns(values).astype(np.float32)
         if declared_names:
-            block = np.hstack([block, declared_columns([rows[i].values for i in ids], declared_names)])
+            block = np.hstack([block, declared_columns(values, declared_names)])
         as_of = np.array([np.nan if rows[i].as_of_ms is None else rows[i].as_of_ms for i in ids], dtype=np.float64)
         index = {item_id: n for n, item_id in enumerate(ids)}
         return ItemSnapshot(index, block, as_of, refreshed_ms, declared_names=declared_names)

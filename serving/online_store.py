@@ -101,19 +101,23 @@ class EntityRead:
         self.declared = tuple(declared)
         self.fields: list[bytes] = [f for layout in (built_in, *self.declared) for f in layout.read_fields]
         self._width = len(built_in.read_fields)
+        # "<view>:<feature>" per declared feature, spelled once here rather than on every read.
+        self._qualified = [{name: f"{layout.view}:{name}" for name in layout.dtypes} for layout in self.declared]
 
     def decode(self, entity_id: str, raw: Sequence[bytes | None]) -> FeatureRow | None:
+        if not self.declared:
+            return decode_row(self.built_in, entity_id, raw)  # the request path without declared views: no copy
         width = self._width
         row = decode_row(self.built_in, entity_id, raw[:width])
-        if row is None or not self.declared:
-            return row
+        if row is None:
+            return None
         values = dict(row.values)
         start = width
-        for layout in self.declared:
+        for layout, qualified in zip(self.declared, self._qualified, strict=True):
             end = start + len(layout.read_fields)
             declared = decode_row(layout, entity_id, raw[start:end])
             if declared is not None:
-                values.update((f"{layout.view}:{name}", value) for name, value in declared.values.items())
+                values.update((qualified[name], value) for name, value in declared.values.items())
             start = end
         return row._replace(values=values)
 

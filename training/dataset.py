@@ -220,7 +220,7 @@ class _DeclaredReplay:
         self.views = tuple(views)
         self.next = 0
         self.states: list[dict[str, DeclaredFeatures]] = [{} for _ in self.views]
-        self.names = tuple(f"{view.name}:{name}" for view in self.views for name in view.feature_names)
+        self.names = tuple(name for view in self.views for name in view.input_names)
         self.user_columns = tuple(
             column
             for column, view in enumerate(v for v in self.views for _ in v.feature_names)

@@ -186,7 +186,7 @@ def api_serves_a_model_trained_on_the_views(
 ) -> None:
     """The feed API reads the views from the same registry, their values from the job's rows, and serves a
     model whose inputs name them; what it reads for an entity is what Feast serves."""
-    declared = [f"{view.name}:{name}" for view in views for name in view.feature_names]
+    declared = [name for view in views for name in view.input_names]
     models = tmp_path / "models"
     weights = [0.0] * len(RANKER_FEATURES) + [0.001] * len(declared)
     write_linear_model(models, 1, weights=weights, bias=-1.0, feature_names=[*RANKER_FEATURES, *declared])
