@@ -70,7 +70,7 @@ class KafkaSettings(BaseSettings, KafkaConnection):
     topic: str = Field(INTERACTIONS_TOPIC, description="Topic events are published to.")
     client_id: str = "freshrank-sdk"
     linger_ms: int = Field(
-        20, ge=0, description="How long the producer waits to fill a batch (fewer, larger batches cost every broker less)."
+        20, ge=0, description="How long the producer waits to fill a batch (fewer, larger batches cost brokers less)."
     )
     batch_size_bytes: int = Field(256 * 1024, gt=0)
     queue_max_messages: int = Field(100_000, gt=0, description="Local queue bound; beyond it publish() blocks.")

@@ -229,6 +229,30 @@ class OffsetReset(NamedTuple):
     cause: str  # retention: records before the log start are gone | log_reset: the log ends before it
 
 
+def partition_consumer_config(settings: StreamSettings) -> dict[str, Any]:
+    """librdkafka properties of a partition reader's consumer.
+
+    The consumer fetches again only once the job has taken what it fetched last
+    (`queued.min.messages` 1; a tick drains it): one fetch per partition per tick,
+    not one per batch a producer sent. The embedded broker (Tansu, memory storage)
+    lists every batch a partition holds on each fetch, so at 5,000 events/s the
+    fetch-per-batch pattern took it to ~0.9 of a core (README, "Freshness benchmark").
+    """
+    return {
+        **settings.kafka_config(),
+        "group.id": settings.consumer_group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "error",
+        "fetch.wait.max.ms": 20,
+        "queued.min.messages": 1,
+        "fetch.queue.backoff.ms": 10,
+        "queued.max.messages.kbytes": settings.consumer_queue_kbytes,
+        "fetch.max.bytes": 4 * 1024 * 1024,
+        "max.partition.fetch.bytes": 1024 * 1024,
+    }
+
+
 class KafkaPartitionReader:
     """Reads the records of one partition from an offset the caller owns (kept in Flink state).
 
@@ -250,24 +274,7 @@ class KafkaPartitionReader:
     def _consumer(self, partition: int, next_offset: int) -> Any:
         consumer = self._consumers.get(partition)
         if consumer is None:
-            consumer = Consumer(
-                {
-                    **self.settings.kafka_config(),
-                    "group.id": self.settings.consumer_group,
-                    "enable.auto.commit": False,
-                    "enable.auto.offset.store": False,
-                    "auto.offset.reset": "error",
-                    "fetch.wait.max.ms": 20,
-                    # Fetch only once the last fetch was consumed (a tick drains it): about one fetch per
-                    # partition per tick instead of one per produced batch. The embedded broker lists every
-                    # batch a partition holds on each fetch, so this is most of its CPU under load.
-                    "queued.min.messages": 1,
-                    "fetch.queue.backoff.ms": 10,
-                    "queued.max.messages.kbytes": self.settings.consumer_queue_kbytes,
-                    "fetch.max.bytes": 4 * 1024 * 1024,
-                    "max.partition.fetch.bytes": 1024 * 1024,
-                }
-            )
+            consumer = Consumer(partition_consumer_config(self.settings))
             consumer.assign([TopicPartition(self.settings.topic, partition, next_offset)])
             self._consumers[partition] = consumer
         return consumer
