@@ -21,13 +21,17 @@ SECONDS = 2.0
 
 
 def fetch_requests(config: dict[str, Any], bootstrap: str, topic: str) -> tuple[int, int]:
-    """(Fetch requests sent, records read) while a producer sends one batch each 5 ms and a loop
+    """(Fetch requests sent, records sent, each its own batch) while a producer sends one batch each 5 ms and a loop
     drains the consumer once per tick, as the job's ticks do."""
     stats: list[dict[str, Any]] = []
     consumer = Consumer(
         {**config, "statistics.interval.ms": 200, "stats_cb": lambda text: stats.append(json.loads(text))}
     )
     consumer.assign([TopicPartition(topic, 0, 0)])
+
+    def drain() -> int:
+        return sum(1 for message in consumer.consume(2000, 0) if message.error() is None)
+
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
     read = sent = 0
     started = next_tick = time.monotonic()
@@ -37,12 +41,12 @@ def fetch_requests(config: dict[str, Any], bootstrap: str, topic: str) -> tuple[
         sent += 1
         if time.monotonic() >= next_tick:
             next_tick += TICK_S
-            read += sum(1 for message in consumer.consume(2000, 0) if message.error() is None)
+            read += drain()
         time.sleep(0.005)
     producer.flush(10)
     deadline = time.monotonic() + 10
     while read < sent and time.monotonic() < deadline:
-        read += sum(1 for message in consumer.consume(2000, 0) if message.error() is None)
+        read += drain()
         time.sleep(TICK_S)
     stats.clear()
     while not stats and time.monotonic() < deadline + 5:
