@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil  # type: ignore[import-untyped]
 
@@ -108,7 +108,8 @@ def publish(bootstrap: str, topic: str, rate: float, seconds: float, seed: int) 
     """Publish the world paced to real time; returns (events sent, monotonic time publishing started)."""
     first_ms = wall_clock_ms() + 3000  # building the world must not make the first events late
     events = world(rate, seconds, seed, first_ms).events()
-    started = time.monotonic()
+    # When the first event goes out, not now: the wait until first_ms is no time the job had events to apply.
+    started = time.monotonic() + max(0, first_ms - wall_clock_ms()) / 1000
     with EventPublisher(KafkaSettings(bootstrap_servers=bootstrap, topic=topic)) as publisher:
         sent = publish_paced(publisher, events, first_ms, live=True)
     return sent, started
@@ -236,9 +237,11 @@ def run_freshrank(
     topic: str = "bench-freshrank",
     task_managers: int = 0,
     declared: int = 0,
+    split_operators: bool = False,
 ) -> dict[str, Any]:
     """The job against `rate` events/s for `seconds`: in a mini-cluster, or (task_managers >= 1) on a local
-    standalone cluster of that many TaskManagers at parallelism task_managers."""
+    standalone cluster of that many TaskManagers at parallelism task_managers (half of it with
+    `split_operators`, item features on TaskManagers of their own)."""
     create_topic(broker.address, topic)
     metrics_port = free_ports(max(1, task_managers))  # TaskManager i serves /metrics on metrics_port + i
     repo = declared_repo(settings.state_dir, topic, declared) if declared else None
@@ -252,6 +255,7 @@ def run_freshrank(
             "FRESHRANK_STREAM_CATALOG_PATH": str(catalog.resolve()),
             # Quantiles over the whole run, not only the last minute.
             "FRESHRANK_STREAM_FRESHNESS_WINDOW_S": str(seconds * 20 + 600),
+            "FRESHRANK_STREAM_SPLIT_OPERATORS": str(split_operators).lower(),
         }
     )
     with running(job, settings.state_dir / "logs"):
@@ -303,6 +307,7 @@ def run_freshrank(
         "machine_busy_cores": round(machine_busy, 2),
         "job_cores": round(job_cpu / max(caught_up - started, 1e-9), 2),
         "task_managers": task_managers,
+        "split_operators": split_operators,
         # Events each process admitted (one per TaskManager; the mini-cluster is one), warm-up included.
         "events_per_process": [
             int(one.get('freshrank_stream_events_total{outcome="admitted"}', 0)) for one in per_process
@@ -451,7 +456,34 @@ def run_baseline(
     }
 
 
-def run(rate: float, seconds: float, seed: int, log: Callable[[str], None], declared: int = 0) -> dict[str, Any]:
+class Deployment(NamedTuple):
+    """How the job runs: in a mini-cluster (0 TaskManagers) or on a local cluster, operators split or not."""
+
+    task_managers: int = 0
+    split_operators: bool = False
+
+    def describe(self) -> str:
+        if not self.task_managers:
+            return "a mini-cluster (one JVM, one interpreter)"
+        if self.split_operators:
+            return (
+                f"a local cluster of {self.task_managers} TaskManagers, item features on "
+                f"{self.task_managers // 2} of their own (parallelism {self.task_managers // 2})"
+            )
+        return f"a local cluster of {self.task_managers} TaskManagers (parallelism {self.task_managers})"
+
+
+MINI_CLUSTER = Deployment()
+
+
+def run(
+    rate: float,
+    seconds: float,
+    seed: int,
+    log: Callable[[str], None],
+    declared: int = 0,
+    deployment: Deployment = MINI_CLUSTER,
+) -> dict[str, Any]:
     """Start a broker and Redis for the benchmark, run both pipelines one after the other, return the report."""
     with tempfile.TemporaryDirectory(prefix="freshrank-bench-") as tmp:
         state_dir = Path(tmp)
@@ -461,7 +493,10 @@ def run(rate: float, seconds: float, seed: int, log: Callable[[str], None], decl
         logs = state_dir / "logs"
         with running(broker, logs), running(redis, logs):
             registry = (state_dir / "feast" / "registry.db").resolve()
-            freshrank = run_freshrank(settings, broker, redis, rate, seconds, seed, log, declared=declared)
+            log(f"freshrank: the job on {deployment.describe()}")
+            freshrank = run_freshrank(
+                settings, broker, redis, rate, seconds, seed, log, declared=declared, **deployment._asdict()
+            )
             bounds_ms = [bound for bound, _ in freshrank["freshness_cdf"]]
             baseline = run_baseline(broker, redis, registry, rate, seconds, seed, state_dir, log, bounds_ms)
     return {
@@ -475,13 +510,23 @@ def run(rate: float, seconds: float, seed: int, log: Callable[[str], None], decl
     }
 
 
+COMPARED = {
+    "parallelism_1": Deployment(1),
+    "parallelism_2": Deployment(2),
+    "split_operators": Deployment(2, split_operators=True),
+}
+
+
 def compare_parallelism(rate: float, seconds: float, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
     """The same events at the same rate against the job on a local cluster of 1 TaskManager (parallelism 1),
-    then of 2 TaskManagers (parallelism 2), each on its own topic and checkpoints, one broker and Redis.
+    of 2 TaskManagers at parallelism 2 (partitions and item buckets split by key), and of 2 TaskManagers with
+    the operators split (reading and user features on one, item features on the other); each on its own
+    topic and checkpoints, one broker and Redis.
 
     In thread mode a JVM's Python operators share one interpreter and its GIL: only more TaskManager
-    processes add cores. The rate should saturate parallelism 1, so that throughput is the job's, not the
-    publisher's; `throughput_ratio` is parallelism 2's throughput over parallelism 1's.
+    processes add cores. The rate should saturate parallelism 1. A job that falls behind coalesces more
+    rows per entity and so keeps its throughput near the rate while its freshness grows: compare the p99s
+    as well as `throughput_ratio` (each 2-TaskManager run's throughput over parallelism 1's).
     """
     runs: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="freshrank-bench-") as tmp:
@@ -490,19 +535,25 @@ def compare_parallelism(rate: float, seconds: float, seed: int, log: Callable[[s
         broker = broker_component(shared, free_port())
         redis = redis_component(shared, free_port())
         with running(broker, root / "logs"), running(redis, root / "logs"):
-            for task_managers in (1, 2):
-                settings = StackSettings(state_dir=root / f"p{task_managers}", broker_port=0, redis_port=0)
-                log(f"parallelism {task_managers}: a local cluster of {task_managers} TaskManagers")
-                runs[f"parallelism_{task_managers}"] = run_freshrank(
-                    settings, broker, redis, rate, seconds, seed, log, f"bench-p{task_managers}", task_managers
+            for name, deployment in COMPARED.items():
+                settings = StackSettings(state_dir=root / name, broker_port=0, redis_port=0)
+                log(f"{name}: the job on {deployment.describe()}")
+                topic = f"bench-{name.replace('_', '-')}"
+                runs[name] = run_freshrank(
+                    settings, broker, redis, rate, seconds, seed, log, topic, **deployment._asdict()
                 )
-    one, two = runs["parallelism_1"], runs["parallelism_2"]
+    one = runs["parallelism_1"]
     return {
         "benchmark": "freshness-parallelism",
         "rate_eps": rate,
         "seconds": seconds,
         **runs,
-        "throughput_ratio": round(two["throughput_eps"] / max(one["throughput_eps"], 1e-9), 2),
+        "throughput_ratio": {
+            name: round(run["throughput_eps"] / max(one["throughput_eps"], 1e-9), 2)
+            for name, run in runs.items()
+            if name != "parallelism_1"
+        },
+        "p99_ms": {name: run["freshness_ms"]["p99"] for name, run in runs.items()},
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "git_commit": _git_commit(),
     }
@@ -514,7 +565,12 @@ def sustained(trial: dict[str, Any], p99_ms: float) -> bool:
 
 
 def find_max(
-    seconds: float, seed: int, log: Callable[[str], None], start_rate: float = 1000.0, p99_ms: float = 1000.0
+    seconds: float,
+    seed: int,
+    log: Callable[[str], None],
+    start_rate: float = 1000.0,
+    p99_ms: float = 1000.0,
+    deployment: Deployment = MINI_CLUSTER,
 ) -> dict[str, Any]:
     """The highest rate the job sustains (see `sustained`): doubling from `start_rate` (halving while it fails),
     then three bisections.
@@ -532,7 +588,9 @@ def find_max(
             def trial(rate: float) -> bool:
                 n = len(trials)
                 settings = StackSettings(state_dir=root / f"trial-{n}", broker_port=0, redis_port=0)
-                result = run_freshrank(settings, broker, redis, rate, seconds, seed, log, topic=f"bench-max-{n}")
+                result = run_freshrank(
+                    settings, broker, redis, rate, seconds, seed, log, f"bench-max-{n}", **deployment._asdict()
+                )
                 ok = sustained(result, p99_ms)
                 trials.append({"rate_eps": rate, "sustained": ok, **result})
                 verdict = "ok" if ok else "not sustained"
@@ -561,6 +619,7 @@ def find_max(
                     high = middle
     return {
         "benchmark": "freshness-find-max",
+        **deployment._asdict(),
         "p99_bar_ms": p99_ms,
         "seconds": seconds,
         "max_sustained_eps": low,

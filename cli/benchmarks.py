@@ -37,8 +37,23 @@ def bench_freshness(
         typer.Option(
             "--compare-parallelism",
             help="Instead: the job on a local Flink cluster of 1 TaskManager (parallelism 1) against 2 "
-            "TaskManagers (parallelism 2) at --rate, and the throughput ratio (no baseline). Pick a rate "
-            "that saturates parallelism 1.",
+            "TaskManagers at parallelism 2 and 2 TaskManagers with the operators split, at --rate: p99s and "
+            "throughput ratios (no baseline). Pick a rate that saturates parallelism 1.",
+        ),
+    ] = False,
+    task_managers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Run the job on a local cluster of N TaskManagers (0: a mini-cluster, as `freshrank up` runs it); "
+            "for the one-rate run and --find-max.",
+        ),
+    ] = 0,
+    split_operators: Annotated[
+        bool,
+        typer.Option(
+            "--split-operators",
+            help="With --task-managers N (even): item features on TaskManagers of their own (README, 'Scaling out').",
         ),
     ] = False,
     declared: Annotated[
@@ -58,12 +73,22 @@ def bench_freshness(
     ] = None,
 ) -> None:
     """SDK -> broker -> PyFlink job -> Redis, and the consumer-loop + Feast push baseline, at one rate."""
+    from bench.freshness import Deployment
     from bench.freshness import compare_parallelism as compare
     from bench.freshness import find_max as find_max_rate
     from bench.freshness import run as run_bench
 
     if find_max and compare_parallelism:
         raise fail("--find-max and --compare-parallelism are two benchmarks: run them one at a time")
+    if compare_parallelism and (task_managers or split_operators):
+        raise fail("--compare-parallelism runs its own three deployments: drop --task-managers/--split-operators")
+    if split_operators and (task_managers < 2 or task_managers % 2):
+        raise fail(
+            f"--split-operators needs an even --task-managers, at least 2 (got {task_managers}): one TaskManager "
+            "reads and computes user features, another computes item features",
+            code=2,
+        )
+    deployment = Deployment(task_managers, split_operators)
     log = lambda line: console.print(f"[dim]bench:[/] {line}")  # noqa: E731
     if declared and (find_max or compare_parallelism):
         raise fail(
@@ -84,9 +109,9 @@ def bench_freshness(
     if compare_parallelism:
         report = compare(rate, seconds, seed, log)
     elif find_max:
-        report = find_max_rate(seconds, seed, log, start_rate=rate)
+        report = find_max_rate(seconds, seed, log, start_rate=rate, deployment=deployment)
     else:
-        report = run_bench(rate, seconds, seed, log, declared=declared)
+        report = run_bench(rate, seconds, seed, log, declared=declared, deployment=deployment)
     print_json_report(report, json_path)
     if plot_path is not None:
         from bench.plot import plot_freshness

@@ -30,11 +30,22 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 StateDir = Annotated[Path | None, typer.Option(help="State dir of the local stack [env FRESHRANK_STATE_DIR].")]
 
 
-def stack_settings(state_dir: Path | None, **overrides: int | None) -> StackSettings:
+def stack_settings(state_dir: Path | None, **overrides: int | bool | None) -> StackSettings:
+    """The stack's settings from FRESHRANK_* and the given options; an inconsistent set is a CLI error."""
+    from pydantic import ValidationError
+
     values: dict[str, object] = {k: v for k, v in overrides.items() if v is not None}
     if state_dir is not None:
         values["state_dir"] = state_dir
-    return StackSettings(**values)  # type: ignore[arg-type]
+    try:
+        return StackSettings(**values)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise fail(settings_problems(error)) from None
+
+
+def settings_problems(error: Any) -> str:
+    """What a pydantic ValidationError of a settings class says is wrong, without pydantic's prefixes."""
+    return "; ".join(str(problem["msg"]).removeprefix("Value error, ") for problem in error.errors())
 
 
 BootstrapOption = Annotated[str | None, typer.Option(help="Kafka bootstrap servers for --topic.")]

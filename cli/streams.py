@@ -14,6 +14,7 @@ from cli.options import (
     fail,
     progress_bar,
     resolve_bootstrap,
+    settings_problems,
     stack_settings,
 )
 from stack.components import java_version
@@ -96,6 +97,15 @@ def stream(
             "[env FRESHRANK_STREAM_TASK_MANAGERS, default 0].",
         ),
     ] = None,
+    split_operators: Annotated[
+        bool | None,
+        typer.Option(
+            "--split-operators/--no-split-operators",
+            help="With --task-managers N (even): item features on N/2 TaskManagers of their own, reading and user "
+            "features on the others, the job at parallelism N/2; each operator then has an interpreter (a GIL) "
+            "to itself [env FRESHRANK_STREAM_SPLIT_OPERATORS, default off].",
+        ),
+    ] = None,
 ) -> None:
     """Run the PyFlink feature job (Kafka -> features -> Feast online store) until stopped.
 
@@ -105,6 +115,8 @@ def stream(
     to them, and exits non-zero if any of them dies.
     """
     import logging
+
+    from pydantic import ValidationError
 
     from streaming.errors import DeclaredViewsRefused
     from streaming.job import latest_checkpoint, load_declared_views, run
@@ -116,19 +128,30 @@ def stream(
             f"--parallelism {parallelism} with --task-managers {task_managers}: on a local cluster the job runs "
             "at one parallel instance per TaskManager; pass only --task-managers"
         )
-    overrides: dict[str, int] = {}
+    overrides: dict[str, int | bool] = {}
     if parallelism is not None:
         overrides["parallelism"] = parallelism
     if task_managers is not None:
         overrides["task_managers"] = task_managers
-    settings = StreamSettings(**overrides)  # type: ignore[arg-type]
+    if split_operators is not None:
+        overrides["split_operators"] = split_operators
+    try:
+        settings = StreamSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise fail(settings_problems(error)) from None
+    if settings.split_operators and not settings.task_managers:
+        raise fail(
+            "--split-operators needs a local cluster: add --task-managers 2 (or 4, 6, ...). In a mini-cluster every "
+            "operator shares one Python interpreter, so splitting them gains nothing"
+        )
     try:
         java_version()
     except StackError as error:
         raise fail(str(error)) from None
     restore = latest_checkpoint(settings.checkpoint_dir)
+    split = ", item features on TaskManagers of their own" if settings.split_operators else ""
     where = (
-        f"a local cluster of {settings.task_managers} TaskManagers (parallelism {settings.task_managers})"
+        f"a local cluster of {settings.task_managers} TaskManagers (parallelism {settings.cluster_parallelism}{split})"
         if settings.task_managers
         else "a local mini-cluster"
     )

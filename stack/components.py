@@ -160,6 +160,7 @@ def stream_component(
             "FRESHRANK_STREAM_FLINK_UI_PORT": str(ui_port or 0),
             "FRESHRANK_STREAM_FLINK_UI_BIND_ADDRESS": settings.host,
             "FRESHRANK_STREAM_TASK_MANAGERS": str(task_managers),
+            "FRESHRANK_STREAM_SPLIT_OPERATORS": str(settings.stream_split_operators and task_managers > 0).lower(),
             "FRESHRANK_STREAM_CLUSTER_DIR": str((settings.state_dir / "flink-cluster").resolve()),
             "FRESHRANK_STREAM_FLINK_LOG_DIR": str((settings.state_dir / "logs" / "flink").resolve()),
         },

@@ -54,6 +54,7 @@ def plan_cluster(settings: StreamSettings, host: str = "127.0.0.1") -> ClusterPl
 
     plan = ClusterPlan(
         task_managers=settings.task_managers,
+        parallelism=settings.cluster_parallelism,
         host=host,
         rest_port=settings.flink_ui_port or other_port(),
         rpc_port=other_port(),
@@ -156,7 +157,7 @@ class LocalFlinkCluster:
         if client.process.returncode != 0:
             log = self.plan.log_dir / "flink-run.log"
             raise ClusterError(f"`flink run` failed with code {client.process.returncode}; see {log}:\n{tail(log, 30)}")
-        self.log(f"job submitted at parallelism {self.plan.task_managers}; dashboard {self.plan.rest_url}")
+        self.log(f"job submitted at parallelism {self.plan.parallelism}; dashboard {self.plan.rest_url}")
 
     def _raise_if_dead(self) -> None:
         for component in self.processes:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -34,8 +34,23 @@ class StackSettings(BaseSettings):
         description="FRESHRANK_STREAM_TASK_MANAGERS: 0 runs the stream job in a mini-cluster; N >= 1 on a local "
         "standalone cluster of N TaskManagers (metrics on the stream port + 0..N-1).",
     )
+    stream_split_operators: bool = Field(
+        False,
+        description="FRESHRANK_STREAM_SPLIT_OPERATORS: with an even stream_task_managers N, item features on N/2 "
+        "TaskManagers of their own and the job at parallelism N/2 (README, 'Scaling out').",
+    )
     serve_port: int = Field(8000, ge=0, le=65535, description="Feed API port (FRESHRANK_SERVE_PORT); 0: free.")
     partitions: int = Field(8, gt=0, description="Partitions of the interactions topic.")
+
+    @model_validator(mode="after")
+    def _split_needs_a_cluster(self) -> StackSettings:
+        if self.stream_split_operators and (self.stream_task_managers < 2 or self.stream_task_managers % 2):
+            raise ValueError(
+                "splitting the stream job's operators needs an even number of TaskManagers, at least 2 (one "
+                f"for reading and user features, one for item features), not {self.stream_task_managers}: "
+                "add --task-managers 2"
+            )
+        return self
 
     @property
     def state_file(self) -> Path:

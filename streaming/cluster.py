@@ -5,7 +5,10 @@ embedded interpreter, under one GIL, so parallelism inside the mini-cluster
 cannot use a second core. A standalone cluster (a JobManager and N
 TaskManagers, each its own JVM and interpreter, one slot each) runs the job at
 parallelism N on N cores; it is also how the job runs under the Flink operator
-(`streaming.job_main` submitted to a session cluster).
+(`streaming.job_main` submitted to a session cluster). With `split_operators`
+the item operator has a slot sharing group of its own: half the TaskManagers
+read and compute user features, the other half compute item features, at
+parallelism N / 2 (README, "Scaling out").
 
 This module builds the cluster's configuration directory, the commands that
 start the JobManager, the TaskManagers and the submission, and each
@@ -65,6 +68,7 @@ class ClusterPlan:
     """Where one local cluster listens and keeps its files; everything else derives from it."""
 
     task_managers: int
+    parallelism: int  # task_managers, or half of them when the item operator has TaskManagers of its own
     host: str
     rest_port: int
     rpc_port: int
@@ -96,7 +100,7 @@ def cluster_options(settings: StreamSettings, plan: ClusterPlan) -> dict[str, st
     values = flink_options(settings, restore_from=None)
     values.update(
         {
-            "parallelism.default": str(plan.task_managers),
+            "parallelism.default": str(plan.parallelism),
             # One slot per TaskManager: each parallel instance gets its own JVM and interpreter (its own GIL).
             "taskmanager.numberOfTaskSlots": "1",
             "jobmanager.rpc.address": plan.host,
@@ -188,7 +192,7 @@ def taskmanager_env(plan: ClusterPlan, index: int) -> dict[str, str]:
 
 
 def submit_command(plan: ClusterPlan, restore_from: Path | None, home: Path | None = None) -> list[str]:
-    """`flink run` of `streaming.job_main`, detached, at parallelism N; resuming from `restore_from` if given.
+    """`flink run` of `streaming.job_main`, detached, at the plan's parallelism; resuming from `restore_from` if given.
 
     The client builds the graph in a Python process of its own, configured (like the operators,
     whose settings it pickles) by the FRESHRANK_STREAM_* variables of its environment.
@@ -202,7 +206,7 @@ def submit_command(plan: ClusterPlan, restore_from: Path | None, home: Path | No
         "--jobmanager",
         f"{plan.host}:{plan.rest_port}",
         "--parallelism",
-        str(plan.task_managers),
+        str(plan.parallelism),
         "--pyClientExecutable",
         sys.executable,
         "--pyExecutable",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sdk.settings import DLQ_TOPIC, INTERACTIONS_TOPIC, KafkaConfig, KafkaConnection
@@ -38,6 +38,14 @@ class StreamSettings(BaseSettings, KafkaConnection):
         "start a local standalone Flink cluster of a JobManager and N TaskManagers (one slot, one JVM and one "
         "Python interpreter each) and run the job on it at parallelism N; TaskManager i serves /metrics on "
         "metrics_port + i.",
+    )
+    split_operators: bool = Field(
+        False,
+        description="Run the item operator in a slot sharing group of its own, so that with one slot per "
+        "TaskManager it gets TaskManagers (JVMs and Python interpreters, GILs) other than the readers' and user "
+        "features'. Locally it needs an even task_managers, N: the job then runs at parallelism N / 2. Under the "
+        "Flink operator the job needs 2 x parallelism slots; give each TaskManager one slot, or the two halves "
+        "may share an interpreter again.",
     )
     cluster_dir: Path = Field(
         Path(".freshrank/flink-cluster"),
@@ -99,6 +107,20 @@ class StreamSettings(BaseSettings, KafkaConnection):
     flink_ui_bind_address: str = Field(
         "127.0.0.1", description="Address the Flink dashboard listens on (rest.bind-address): loopback by default."
     )
+
+    @model_validator(mode="after")
+    def _split_needs_pairs(self) -> StreamSettings:
+        if self.split_operators and self.task_managers % 2:
+            raise ValueError(
+                f"split_operators puts the item operator on TaskManagers of its own, so task_managers must be "
+                f"even (2 for parallelism 1, 4 for parallelism 2), not {self.task_managers}"
+            )
+        return self
+
+    @property
+    def cluster_parallelism(self) -> int:
+        """Parallelism of the job on a local cluster of `task_managers` one-slot TaskManagers."""
+        return self.task_managers // 2 if self.split_operators else self.task_managers
 
     def kafka_config(self) -> KafkaConfig:
         """librdkafka properties shared by the job's consumers, admin client and DLQ producer."""

@@ -43,11 +43,12 @@ def cluster_pids(cluster_dir: Path, service: str) -> list[int]:
 @pytest.fixture
 def cluster_jobs(
     tmp_path: Path, bootstrap: str, redis_server: Component, feast_registry: Path, fresh_topic: str, dlq_topic: str
-) -> Iterator[Callable[[], StreamJob]]:
-    """`freshrank stream --task-managers 2` jobs sharing checkpoints and cluster dir: one resumes another."""
+) -> Iterator[Callable[..., StreamJob]]:
+    """`freshrank stream --task-managers 2` jobs sharing checkpoints and cluster dir: one resumes another.
+    Keyword arguments set more FRESHRANK_STREAM_* variables (`split_operators="true"`)."""
     jobs: list[StreamJob] = []
 
-    def make() -> StreamJob:
+    def make(**more: str) -> StreamJob:
         job = StreamJob.configured(
             tmp_path,
             bootstrap=bootstrap,
@@ -60,6 +61,7 @@ def cluster_jobs(
             checkpoint_interval_ms="1000",
             task_managers="2",
             cluster_dir=str(tmp_path / "cluster"),
+            **more,
         )
         jobs.append(job)
         return job
@@ -73,7 +75,7 @@ def cluster_jobs(
 
 
 def test_two_task_managers_split_the_partitions_and_the_features_equal_the_replay(
-    cluster_jobs: Callable[[], StreamJob],
+    cluster_jobs: Callable[..., StreamJob],
     bootstrap: str,
     redis_server: Component,
     feast_registry: Path,
@@ -122,7 +124,7 @@ def test_two_task_managers_split_the_partitions_and_the_features_equal_the_repla
 
 
 def test_a_killed_cluster_job_resumes_from_its_checkpoint_losing_nothing_and_counting_nothing_twice(
-    cluster_jobs: Callable[[], StreamJob],
+    cluster_jobs: Callable[..., StreamJob],
     bootstrap: str,
     redis_server: Component,
     feast_registry: Path,
@@ -150,3 +152,39 @@ def test_a_killed_cluster_job_resumes_from_its_checkpoint_losing_nothing_and_cou
     )
     assert problems == [], problems[:20]
     assert "resuming from" in " ".join((tmp_path / "stream.log").read_text().split())
+
+
+def test_split_operators_read_on_one_task_manager_and_compute_items_on_the_other_and_equal_the_replay(
+    cluster_jobs: Callable[..., StreamJob],
+    bootstrap: str,
+    redis_server: Component,
+    feast_registry: Path,
+    fresh_topic: str,
+    tmp_path: Path,
+) -> None:
+    events, categories, world = world_events(3000, seed=13)
+    write_catalog(world.catalog(), tmp_path / "catalog.parquet")
+    log = with_resends_and_disorder(events, seed=13)
+    produce_raw(bootstrap, fresh_topic, list(encoded(log)))
+
+    job = cluster_jobs(split_operators="true")
+    job.start(timeout_s=480)
+    assert registered_task_managers(job.dashboard) == 2
+    by_user, by_item = expected_features(log, categories, LATENESS_MS)
+    problems = wait_exact(lambda: mismatches(redis_server.address, feast_registry, by_user, by_item, categories), 300)
+    assert problems == [], problems[:20]
+
+    # Parallelism 1, the two operators in two JVMs: one TaskManager read every event and wrote every user row,
+    # the other wrote every item row (each interpreter counts only what it did itself).
+    def on(address: str) -> tuple[float, float, float]:
+        return (
+            job.metric('freshrank_stream_events_total{outcome="admitted"}', address),
+            job.metric('freshrank_stream_rows_written_total{view="user_stream_features"}', address),
+            job.metric('freshrank_stream_rows_written_total{view="item_stream_features"}', address),
+        )
+
+    admitted = sum(len(group) for group in by_user.values())
+    readers, items = sorted((on(address) for address in job.metrics_addresses), key=lambda counts: -counts[0])
+    assert readers[0] == admitted and readers[1] > 0 and readers[2] == 0, readers
+    assert items[0] == 0 and items[1] == 0 and items[2] > 0, items
+    assert job_status(job.dashboard).state == "RUNNING"

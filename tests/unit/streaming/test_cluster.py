@@ -32,8 +32,19 @@ from streaming.metrics import TASK_MANAGER_METRICS_PORT_ENV, metrics_addresses
 from streaming.settings import StreamSettings
 
 
-def plan(tmp_path: Path, task_managers: int = 2, metrics_port: int = 9464) -> ClusterPlan:
-    return ClusterPlan(task_managers, "127.0.0.1", 18081, 16123, metrics_port, tmp_path / "cluster", tmp_path / "log")
+def plan(
+    tmp_path: Path, task_managers: int = 2, metrics_port: int = 9464, parallelism: int | None = None
+) -> ClusterPlan:
+    return ClusterPlan(
+        task_managers,
+        task_managers if parallelism is None else parallelism,
+        "127.0.0.1",
+        18081,
+        16123,
+        metrics_port,
+        tmp_path / "cluster",
+        tmp_path / "log",
+    )
 
 
 def settings(tmp_path: Path) -> StreamSettings:
@@ -87,6 +98,18 @@ def test_the_submission_runs_job_main_at_parallelism_n_and_resumes_from_the_chec
     assert command[command.index("--fromSavepoint") + 1] == checkpoint.resolve().as_uri()
     assert "--detached" in command
     assert "--fromSavepoint" not in submit_command(plan(tmp_path), None)
+
+
+def test_split_operators_halves_the_parallelism_and_refuses_an_odd_count_of_task_managers(tmp_path: Path) -> None:
+    split = StreamSettings(task_managers=4, split_operators=True, cluster_dir=tmp_path / "c", flink_ui_port=0)
+    assert split.cluster_parallelism == 2
+    assert StreamSettings(task_managers=4).cluster_parallelism == 4
+    cluster = plan_cluster(split)
+    assert (cluster.task_managers, cluster.parallelism) == (4, 2)
+    assert cluster_options(split, cluster)["parallelism.default"] == "2"
+    assert submit_command(cluster, None)[submit_command(cluster, None).index("--parallelism") + 1] == "2"
+    with pytest.raises(ValueError, match="task_managers must be even"):
+        StreamSettings(task_managers=3, split_operators=True)
 
 
 def test_task_manager_i_serves_metrics_on_the_port_plus_i(tmp_path: Path) -> None:
