@@ -82,3 +82,17 @@ def test_stream_refuses_a_parallelism_other_than_its_task_managers() -> None:
     result = runner.invoke(app, ["stream", "--task-managers", "2", "--parallelism", "3"])
     assert result.exit_code == 1
     assert "pass only --task-managers" in " ".join(result.output.split())
+
+
+def test_split_operators_without_a_pair_of_task_managers_is_refused_with_what_to_add(tmp_path: Path) -> None:
+    for command in (
+        ["stream", "--split-operators"],
+        ["stream", "--split-operators", "--task-managers", "3"],
+        ["up", "--state-dir", str(tmp_path), "--split-operators"],
+        ["up", "--state-dir", str(tmp_path), "--split-operators", "--task-managers", "1"],
+    ):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1, (command, result.output)
+        output = " ".join(result.output.split())
+        assert "--task-managers 2" in output or "must be even" in output, (command, output)
+        assert "Traceback" not in result.output
