@@ -630,6 +630,28 @@ def find_max(
     }
 
 
+def compare_max(seconds: float, seed: int, log: Callable[[str], None], start_rate: float) -> dict[str, Any]:
+    """`find_max` for each deployment of `COMPARED`, and each one's highest sustained rate over parallelism 1's:
+    the scale-out ratio that a throughput at one rate cannot show (a job behind coalesces and keeps up)."""
+    searches: dict[str, dict[str, Any]] = {}
+    for name, deployment in COMPARED.items():
+        log(f"{name}: the highest sustained rate of the job on {deployment.describe()}")
+        searches[name] = find_max(seconds, seed, log, start_rate=start_rate, deployment=deployment)
+    highest = {name: search["max_sustained_eps"] for name, search in searches.items()}
+    one = highest["parallelism_1"]
+    return {
+        "benchmark": "freshness-parallelism-find-max",
+        "seconds": seconds,
+        "max_sustained_eps": highest,
+        "max_sustained_ratio": {
+            name: round(rate / one, 2) if one else None for name, rate in highest.items() if name != "parallelism_1"
+        },
+        **searches,
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "git_commit": _git_commit(),
+    }
+
+
 def _git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

@@ -38,7 +38,8 @@ def bench_freshness(
             "--compare-parallelism",
             help="Instead: the job on a local Flink cluster of 1 TaskManager (parallelism 1) against 2 "
             "TaskManagers at parallelism 2 and 2 TaskManagers with the operators split, at --rate: p99s and "
-            "throughput ratios (no baseline). Pick a rate that saturates parallelism 1.",
+            "throughput ratios (no baseline). Pick a rate that saturates parallelism 1. With --find-max: each "
+            "one's highest sustained rate, and its ratio to parallelism 1's.",
         ),
     ] = False,
     task_managers: Annotated[
@@ -53,7 +54,7 @@ def bench_freshness(
         bool,
         typer.Option(
             "--split-operators",
-            help="With --task-managers N (even): item features on TaskManagers of their own (README, 'Scaling out').",
+            help="With --task-managers N (even): item features on TaskManagers of their own (README, 'Scale-out').",
         ),
     ] = False,
     declared: Annotated[
@@ -73,13 +74,11 @@ def bench_freshness(
     ] = None,
 ) -> None:
     """SDK -> broker -> PyFlink job -> Redis, and the consumer-loop + Feast push baseline, at one rate."""
-    from bench.freshness import Deployment
+    from bench.freshness import Deployment, compare_max
     from bench.freshness import compare_parallelism as compare
     from bench.freshness import find_max as find_max_rate
     from bench.freshness import run as run_bench
 
-    if find_max and compare_parallelism:
-        raise fail("--find-max and --compare-parallelism are two benchmarks: run them one at a time")
     if compare_parallelism and (task_managers or split_operators):
         raise fail("--compare-parallelism runs its own three deployments: drop --task-managers/--split-operators")
     if split_operators and (task_managers < 2 or task_managers % 2):
@@ -106,7 +105,9 @@ def bench_freshness(
             check_plotting()
         except PlotError as error:
             raise fail(str(error), code=2) from None
-    if compare_parallelism:
+    if compare_parallelism and find_max:
+        report = compare_max(seconds, seed, log, start_rate=rate)
+    elif compare_parallelism:
         report = compare(rate, seconds, seed, log)
     elif find_max:
         report = find_max_rate(seconds, seed, log, start_rate=rate, deployment=deployment)

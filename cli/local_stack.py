@@ -52,7 +52,7 @@ def up(
         typer.Option(
             "--split-operators/--no-split-operators",
             help="With --task-managers 2 (or another even N): item features on TaskManagers of their own, the job at "
-            "parallelism N/2; on 2 cores it halves p99 freshness at 5,000 events/s (README, 'Scaling out') "
+            "parallelism N/2; each operator gets an interpreter (a GIL) to itself (README, 'Scale-out') "
             "[env FRESHRANK_STREAM_SPLIT_OPERATORS].",
         ),
     ] = None,

@@ -37,7 +37,7 @@ class StackSettings(BaseSettings):
     stream_split_operators: bool = Field(
         False,
         description="FRESHRANK_STREAM_SPLIT_OPERATORS: with an even stream_task_managers N, item features on N/2 "
-        "TaskManagers of their own and the job at parallelism N/2 (README, 'Scaling out').",
+        "TaskManagers of their own and the job at parallelism N/2 (README, 'Scale-out').",
     )
     serve_port: int = Field(8000, ge=0, le=65535, description="Feed API port (FRESHRANK_SERVE_PORT); 0: free.")
     partitions: int = Field(8, gt=0, description="Partitions of the interactions topic.")

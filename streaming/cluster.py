@@ -8,7 +8,7 @@ parallelism N on N cores; it is also how the job runs under the Flink operator
 (`streaming.job_main` submitted to a session cluster). With `split_operators`
 the item operator has a slot sharing group of its own: half the TaskManagers
 read and compute user features, the other half compute item features, at
-parallelism N / 2 (README, "Scaling out").
+parallelism N / 2 (README, "Scale-out").
 
 This module builds the cluster's configuration directory, the commands that
 start the JobManager, the TaskManagers and the submission, and each

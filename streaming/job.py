@@ -125,7 +125,7 @@ def build(env: StreamExecutionEnvironment, settings: StreamSettings, declared: t
     )
     if settings.split_operators:
         # Slots of its own, so with one slot per TaskManager the item operator runs in another JVM, under
-        # another GIL, than the readers and user features (README, "Scaling out"). State is unchanged:
+        # another GIL, than the readers and user features (README, "Scale-out"). State is unchanged:
         # checkpoints restore across the switch.
         item_features.slot_sharing_group("item-features")
     # Dead letters are written (and confirmed) inside UserFeaturesByPartition, before it saves its offset.

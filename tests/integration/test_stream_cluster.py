@@ -13,6 +13,7 @@ import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -74,6 +75,37 @@ def cluster_jobs(
             os.kill(pid, signal.SIGKILL)
 
 
+class ExactRun(NamedTuple):
+    job: StreamJob
+    admitted: int  # events the replay admits
+    duplicates: int  # records the replay drops as resends
+
+
+def run_until_exact(
+    make_job: Callable[..., StreamJob],
+    bootstrap: str,
+    redis_address: str,
+    feast_registry: Path,
+    topic: str,
+    tmp_path: Path,
+    seed: int,
+    **more: str,
+) -> ExactRun:
+    """A world's events with resends and disorder on `topic`, a 2-TaskManager job started on them, and Redis
+    waited on until it equals the pure replay."""
+    events, categories, world = world_events(3000, seed=seed)
+    write_catalog(world.catalog(), tmp_path / "catalog.parquet")
+    log = with_resends_and_disorder(events, seed=seed)
+    produce_raw(bootstrap, topic, list(encoded(log)))
+    job = make_job(**more)
+    job.start(timeout_s=480)
+    assert registered_task_managers(job.dashboard) == 2
+    by_user, by_item = expected_features(log, categories, LATENESS_MS)
+    problems = wait_exact(lambda: mismatches(redis_address, feast_registry, by_user, by_item, categories), 300)
+    assert problems == [], problems[:20]
+    return ExactRun(job, sum(len(group) for group in by_user.values()), len(log) - len(events))
+
+
 def test_two_task_managers_split_the_partitions_and_the_features_equal_the_replay(
     cluster_jobs: Callable[..., StreamJob],
     bootstrap: str,
@@ -82,22 +114,9 @@ def test_two_task_managers_split_the_partitions_and_the_features_equal_the_repla
     fresh_topic: str,
     tmp_path: Path,
 ) -> None:
-    events, categories, world = world_events(3000, seed=11)
-    write_catalog(world.catalog(), tmp_path / "catalog.parquet")
-    log = with_resends_and_disorder(events, seed=11)
-    records = list(encoded(log))
-    produce_raw(bootstrap, fresh_topic, records)
-
-    cluster_job = cluster_jobs()
-    cluster_job.start(timeout_s=480)
-    assert registered_task_managers(cluster_job.dashboard) == 2
-    by_user, by_item = expected_features(log, categories, LATENESS_MS)
-    problems = wait_exact(
-        lambda: mismatches(redis_server.address, feast_registry, by_user, by_item, categories), timeout_s=300
+    cluster_job, admitted, duplicates = run_until_exact(
+        cluster_jobs, bootstrap, redis_server.address, feast_registry, fresh_topic, tmp_path, seed=11
     )
-    assert problems == [], problems[:20]
-
-    admitted = sum(len(group) for group in by_user.values())
     first, second = cluster_job.metrics_addresses
     per_task_manager = [
         cluster_job.metric('freshrank_stream_events_total{outcome="admitted"}', address) for address in (first, second)
@@ -105,7 +124,7 @@ def test_two_task_managers_split_the_partitions_and_the_features_equal_the_repla
     # Each TaskManager read some of the 8 partitions (its own interpreter counts only its own events).
     assert all(count > 0 for count in per_task_manager), per_task_manager
     assert sum(per_task_manager) == admitted
-    assert cluster_job.metric('freshrank_stream_events_total{outcome="duplicate"}') == len(log) - len(events)
+    assert cluster_job.metric('freshrank_stream_events_total{outcome="duplicate"}') == duplicates
     # Both TaskManagers wrote rows of the item operator too (16 buckets over 2 subtasks).
     assert all(cluster_job.metric("freshrank_stream_rows_written_total", address) > 0 for address in (first, second))
     assert job_status(cluster_job.dashboard).state == "RUNNING"
@@ -162,17 +181,16 @@ def test_split_operators_read_on_one_task_manager_and_compute_items_on_the_other
     fresh_topic: str,
     tmp_path: Path,
 ) -> None:
-    events, categories, world = world_events(3000, seed=13)
-    write_catalog(world.catalog(), tmp_path / "catalog.parquet")
-    log = with_resends_and_disorder(events, seed=13)
-    produce_raw(bootstrap, fresh_topic, list(encoded(log)))
-
-    job = cluster_jobs(split_operators="true")
-    job.start(timeout_s=480)
-    assert registered_task_managers(job.dashboard) == 2
-    by_user, by_item = expected_features(log, categories, LATENESS_MS)
-    problems = wait_exact(lambda: mismatches(redis_server.address, feast_registry, by_user, by_item, categories), 300)
-    assert problems == [], problems[:20]
+    job, admitted, _ = run_until_exact(
+        cluster_jobs,
+        bootstrap,
+        redis_server.address,
+        feast_registry,
+        fresh_topic,
+        tmp_path,
+        seed=13,
+        split_operators="true",
+    )
 
     # Parallelism 1, the two operators in two JVMs: one TaskManager read every event and wrote every user row,
     # the other wrote every item row (each interpreter counts only what it did itself).
@@ -183,7 +201,6 @@ def test_split_operators_read_on_one_task_manager_and_compute_items_on_the_other
             job.metric('freshrank_stream_rows_written_total{view="item_stream_features"}', address),
         )
 
-    admitted = sum(len(group) for group in by_user.values())
     readers, items = sorted((on(address) for address in job.metrics_addresses), key=lambda counts: -counts[0])
     assert readers[0] == admitted and readers[1] > 0 and readers[2] == 0, readers
     assert items[0] == 0 and items[1] == 0 and items[2] > 0, items
