@@ -470,7 +470,8 @@ class Deployment(NamedTuple):
                 f"a local cluster of {self.task_managers} TaskManagers, item features on "
                 f"{self.task_managers // 2} of their own (parallelism {self.task_managers // 2})"
             )
-        return f"a local cluster of {self.task_managers} TaskManagers (parallelism {self.task_managers})"
+        plural = "s" if self.task_managers > 1 else ""
+        return f"a local cluster of {self.task_managers} TaskManager{plural} (parallelism {self.task_managers})"
 
 
 MINI_CLUSTER = Deployment()
