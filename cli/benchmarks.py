@@ -78,15 +78,13 @@ def bench_freshness(
     from bench.freshness import compare_parallelism as compare
     from bench.freshness import find_max as find_max_rate
     from bench.freshness import run as run_bench
+    from streaming.settings import split_problem
 
     if compare_parallelism and (task_managers or split_operators):
         raise fail("--compare-parallelism runs its own three deployments: drop --task-managers/--split-operators")
-    if split_operators and (task_managers < 2 or task_managers % 2):
-        raise fail(
-            f"--split-operators needs an even --task-managers, at least 2 (got {task_managers}): one TaskManager "
-            "reads and computes user features, another computes item features",
-            code=2,
-        )
+    problem = split_problem(task_managers, split_operators)
+    if problem is not None:
+        raise fail(problem, code=2)
     deployment = Deployment(task_managers, split_operators)
     log = lambda line: console.print(f"[dim]bench:[/] {line}")  # noqa: E731
     if declared and (find_max or compare_parallelism):

@@ -120,7 +120,7 @@ def stream(
 
     from streaming.errors import DeclaredViewsRefused
     from streaming.job import latest_checkpoint, load_declared_views, run
-    from streaming.settings import StreamSettings
+    from streaming.settings import StreamSettings, split_problem
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if task_managers and parallelism is not None and parallelism != task_managers:
@@ -139,11 +139,9 @@ def stream(
         settings = StreamSettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
         raise fail(settings_problems(error)) from None
-    if settings.split_operators and not settings.task_managers:
-        raise fail(
-            "--split-operators needs a local cluster: add --task-managers 2 (or 4, 6, ...). In a mini-cluster every "
-            "operator shares one Python interpreter, so splitting them gains nothing"
-        )
+    problem = split_problem(settings.task_managers, settings.split_operators)
+    if problem is not None:
+        raise fail(problem)
     try:
         java_version()
     except StackError as error:

@@ -10,6 +10,8 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streaming.settings import split_problem
+
 
 class StackError(Exception):
     """The local stack cannot start or be reached; the message says how to fix it."""
@@ -44,12 +46,9 @@ class StackSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _split_needs_a_cluster(self) -> StackSettings:
-        if self.stream_split_operators and (self.stream_task_managers < 2 or self.stream_task_managers % 2):
-            raise ValueError(
-                "splitting the stream job's operators needs an even number of TaskManagers, at least 2 (one "
-                f"for reading and user features, one for item features), not {self.stream_task_managers}: "
-                "add --task-managers 2"
-            )
+        problem = split_problem(self.stream_task_managers, self.stream_split_operators)
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @property

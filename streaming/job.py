@@ -28,7 +28,7 @@ from streaming.operators import (
     PartitionFanOut,
     UserFeaturesByPartition,
 )
-from streaming.settings import StreamSettings
+from streaming.settings import StreamSettings, split_problem
 
 log = logging.getLogger("freshrank.stream")
 
@@ -150,9 +150,9 @@ def load_declared_views(settings: StreamSettings) -> tuple[DeclaredView, ...]:
 
 def run(settings: StreamSettings) -> None:
     """Run the job until killed, resuming from the newest retained checkpoint if one exists."""
-    if settings.split_operators:
-        # The mini-cluster would wait for a second slot forever; one interpreter gains nothing from it anyway.
-        raise ValueError("split_operators needs a cluster (task_managers >= 2); the mini-cluster is one interpreter")
+    problem = split_problem(0, settings.split_operators)
+    if problem is not None:  # the mini-cluster would wait for a second slot for ever
+        raise ValueError(problem)
     # PyFlink starts its Python workers with whatever `python` is first on PATH.
     venv_bin = str(Path(sys.executable).parent)
     if not os.environ.get("PATH", "").startswith(venv_bin):

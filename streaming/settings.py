@@ -10,6 +10,19 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sdk.settings import DLQ_TOPIC, INTERACTIONS_TOPIC, KafkaConfig, KafkaConnection
 
 
+def split_problem(task_managers: int, split_operators: bool) -> str | None:
+    """Why the job cannot run with its operators split on a local cluster of `task_managers` one-slot
+    TaskManagers (0: the mini-cluster), or None. The one statement of the rule: the stream and stack
+    settings, `freshrank stream`, `freshrank up` and the benchmark all ask it."""
+    if not split_operators or (task_managers >= 2 and task_managers % 2 == 0):
+        return None
+    return (
+        f"--split-operators needs an even --task-managers, at least 2 (got {task_managers}): one TaskManager reads "
+        "and computes user features, another computes item features; add --task-managers 2 "
+        "(FRESHRANK_STREAM_TASK_MANAGERS). In one process the operators share one interpreter: no gain"
+    )
+
+
 class StreamSettings(BaseSettings, KafkaConnection):
     """Everything the PyFlink job needs. Defaults run against the local stack of `freshrank up`."""
 
@@ -110,11 +123,10 @@ class StreamSettings(BaseSettings, KafkaConnection):
 
     @model_validator(mode="after")
     def _split_needs_pairs(self) -> StreamSettings:
-        if self.split_operators and self.task_managers % 2:
-            raise ValueError(
-                f"split_operators puts the item operator on TaskManagers of its own, so task_managers must be "
-                f"even (2 for parallelism 1, 4 for parallelism 2), not {self.task_managers}"
-            )
+        # task_managers 0 with the split is the Flink operator's case (job_main); run() refuses the mini-cluster.
+        problem = split_problem(self.task_managers, self.split_operators) if self.task_managers else None
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
     @property

@@ -108,7 +108,7 @@ def test_split_operators_halves_the_parallelism_and_refuses_an_odd_count_of_task
     assert (cluster.task_managers, cluster.parallelism) == (4, 2)
     assert cluster_options(split, cluster)["parallelism.default"] == "2"
     assert submit_command(cluster, None)[submit_command(cluster, None).index("--parallelism") + 1] == "2"
-    with pytest.raises(ValueError, match="task_managers must be even"):
+    with pytest.raises(ValueError, match="needs an even --task-managers"):
         StreamSettings(task_managers=3, split_operators=True)
 
 
