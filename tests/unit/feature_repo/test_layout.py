@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
+from feature_repo import layout
 from feature_repo.definitions import AS_OF_FIELD, JOIN_KEYS, USER_VIEW
 from feature_repo.layout import (
     ENTITY_KEY_SERIALIZATION_VERSION,
@@ -50,6 +51,18 @@ def test_nan_is_stored_as_protobuf_stores_it() -> None:
 def test_string_lists_are_protobufs_bytes(values: list[str]) -> None:
     expected = Value(string_list_val=StringList(val=values)).SerializeToString()
     assert encode_value("string_list", values) == expected
+
+
+def test_string_lists_stay_protobufs_bytes_as_the_element_memo_fills_and_clears(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("feature_repo.layout._LIST_ITEMS_MAX", 3)
+    lists = [["a", "b"], ["b", "c", "d"], ["é" * 200, "a"], ["a", "b"], [], ["d", "d", ""]]
+    for _ in range(2):  # the second pass reads the memo where the first wrote it
+        for values in lists:
+            expected = Value(string_list_val=StringList(val=values)).SerializeToString()
+            assert encode_value("string_list", values) == expected
+    assert len(layout._LIST_ITEMS) <= 3
 
 
 @given(st.lists(DOUBLES, max_size=40))

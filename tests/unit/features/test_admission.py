@@ -44,6 +44,35 @@ def test_state_round_trips() -> None:
         assert restored.admit(probe) == AdmissionGate.from_bytes(gate.to_bytes(), 60_000).admit(probe)
 
 
+def test_state_bytes_keep_their_layout() -> None:
+    """Version 1, newest, count, then (event time, id length, utf-8 id) per id: what checkpoints already hold."""
+    gate = AdmissionGate(lateness_ms=60_000)
+    gate.admit(make_event(event_id="a", event_time_ms=5))
+    gate.admit(make_event(event_id="é", event_time_ms=3))
+    assert gate.to_bytes() == (
+        b"\x01" + (5).to_bytes(8, "big") + (2).to_bytes(4, "big")
+        + (5).to_bytes(8, "big") + b"\x00\x01a"
+        + (3).to_bytes(8, "big") + b"\x00\x02" + "é".encode()
+    )  # fmt: skip
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 200_000)), min_size=1, max_size=150),
+    st.sampled_from([1_000, 20_000, 300_000]),
+)
+def test_bytes_kept_as_ids_arrive_equal_the_bytes_of_the_whole_memory(
+    events: list[tuple[int, int]], lateness_ms: int
+) -> None:
+    """The gate appends each admitted id's encoding instead of re-encoding its memory on every save; through
+    admits, duplicates, late events and forgetting, the bytes must stay those of its memory encoded whole."""
+    gate = AdmissionGate(lateness_ms)
+    for n, t in events:
+        gate.admit(make_event(event_id=f"e{n}-ü", event_time_ms=NOW_MS + t))
+        restored = AdmissionGate.from_bytes(gate.to_bytes(), lateness_ms)
+        assert restored.to_bytes() == gate.to_bytes()
+        assert AdmissionGate(lateness_ms, gate.newest_ms, dict(gate._seen)).to_bytes() == gate.to_bytes()
+
+
 @given(
     st.lists(st.integers(0, 120_000), min_size=1, max_size=120),
     st.integers(0, 2**32),
