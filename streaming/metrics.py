@@ -153,12 +153,21 @@ def serve(port: int, addr: str = "127.0.0.1") -> None:
 
 
 class RecentFreshness:
-    """Freshness samples of the last `horizon_s`, for p50/p99 gauges that `freshrank status` shows."""
+    """Freshness samples of the last `horizon_s` (to the second), for p50/p99 gauges that `freshrank status` shows.
+
+    Samples are whole milliseconds (the job's clocks are), so they are kept as counts per
+    millisecond, per second of arrival: the quantiles are exact, and publishing walks the
+    distinct values (a few thousand) instead of sorting every sample. Sorting a minute of
+    samples (200,000 at 5,000 events/s) once a second was 3.5 % of the interpreter
+    (py-spy --gil, README "Where the stream job's time goes").
+    """
 
     def __init__(self, horizon_s: float = 60.0, every_s: float = 1.0) -> None:
         self.horizon_s = horizon_s
         self.every_s = every_s
-        self._samples: deque[tuple[float, float]] = deque()
+        self._slots: deque[tuple[int, dict[int, int]]] = deque()  # (second, count per ms)
+        self._totals: dict[int, int] = {}
+        self._count = 0
         self._published = -float("inf")
         # Both feature operators' threads observe and publish (thread mode: one interpreter).
         self._lock = threading.Lock()
@@ -166,24 +175,48 @@ class RecentFreshness:
     def observe(self, freshness_s: float, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
         FRESHNESS.observe(freshness_s)
+        ms = round(freshness_s * 1000)
+        second = int(now)
         with self._lock:
-            self._samples.append((now, freshness_s))
+            slots = self._slots
+            if not slots or slots[-1][0] < second:
+                slots.append((second, {}))
+            counts = slots[-1][1]
+            counts[ms] = counts.get(ms, 0) + 1
+            self._totals[ms] = self._totals.get(ms, 0) + 1
+            self._count += 1
 
     def publish(self, now: float | None = None) -> None:
-        """Recompute the gauges, at most once per `every_s`: sorting a minute of samples per batch cost a quarter
-        of the job's CPU at 1,000 events/s."""
+        """Recompute the gauges, at most once per `every_s`."""
         now = time.monotonic() if now is None else now
         with self._lock:
             if now - self._published < self.every_s:
                 return
             self._published = now
-            while self._samples and self._samples[0][0] < now - self.horizon_s:
-                self._samples.popleft()
-            values = [v for _, v in self._samples]
-        values.sort()
-        FRESHNESS_SAMPLES.set(len(values))
+            totals = self._totals
+            while self._slots and self._slots[0][0] + 1 <= now - self.horizon_s:
+                for ms, count in self._slots.popleft()[1].items():
+                    left = totals[ms] - count
+                    if left:
+                        totals[ms] = left
+                    else:
+                        del totals[ms]
+                    self._count -= count
+            n = self._count
+            values = sorted(totals.items())
+        FRESHNESS_SAMPLES.set(n)
         for label, q in (("0.5", 0.5), ("0.99", 0.99), ("1", 1.0)):
-            FRESHNESS_RECENT.labels(label).set(values[min(len(values) - 1, int(q * len(values)))] if values else 0.0)
+            FRESHNESS_RECENT.labels(label).set(_nth(values, min(n - 1, int(q * n))) / 1000 if n else 0.0)
+
+
+def _nth(counts: list[tuple[int, int]], index: int) -> int:
+    """The value at 0-based `index` of the sorted samples that (value, count) pairs in value order describe."""
+    seen = 0
+    for value, count in counts:
+        seen += count
+        if seen > index:
+            return value
+    raise IndexError(index)
 
 
 _recent: RecentFreshness | None = None
