@@ -119,3 +119,44 @@ def test_the_layouts_reads_of_rows_feast_wrote_equal_feasts_own_reads(
     )
     assert missing is None
     client.close()
+
+
+def test_an_error_reply_mid_batch_is_refused_and_the_connection_stays_in_step(redis_server: Component) -> None:
+    """The sink reads every reply of a batch even after an error one: the next batch's replies are its own."""
+    from streaming.errors import OnlineStoreUnavailable
+
+    client = redis.Redis(*redis_host_port(redis_server.address))
+    sink = OnlineStoreSink(redis_server.address)
+    sink.open()
+    rows = [
+        FeatureRow(ITEM_VIEW, f"step-item-{n}", {s.name: SAMPLES[s.dtype] for s in ITEM_FEATURES}, 1, 10 + n, None)
+        for n in range(3)
+    ]
+    keys = [sink.layouts[ITEM_VIEW].key(row.entity_id) for row in rows]
+    try:
+        client.delete(*keys)
+        client.set(keys[1], b"not a hash")  # HSET on it answers WRONGTYPE
+        try:
+            sink.write(rows)
+            raise AssertionError("a WRONGTYPE reply must be refused")
+        except OnlineStoreUnavailable as refused:
+            assert refused.cause == "error" and "WRONGTYPE" in str(refused)
+        assert not sink._connection.can_read(timeout=0.2), "replies of the refused batch were left unread"
+        assert client.exists(keys[0]) and client.exists(keys[2])  # Redis ran the rest of the batch
+        client.delete(keys[1])
+        sink.write([rows[1]])
+        assert client.hget(keys[1], sink.layouts[ITEM_VIEW].timestamp_field) is not None
+        assert 0 < client.ttl(keys[1]) <= KEY_TTL_S
+
+        # A connection Redis dropped: the batch is refused as unavailable, the next one reconnects.
+        client.client_kill_filter(_type="normal", skipme=True)
+        try:
+            sink.write(rows[:1])
+            raise AssertionError("a write on a connection Redis closed must be refused")
+        except OnlineStoreUnavailable as refused:
+            assert refused.cause == "unavailable"
+        sink.write(rows[:1])
+        assert client.hget(keys[0], sink.layouts[ITEM_VIEW].timestamp_field) is not None
+    finally:
+        sink.close()
+        client.delete(*keys)

@@ -53,31 +53,33 @@ def test_each_key_gets_one_expire_per_rearm_period_and_again_after_a_failed_writ
     from streaming import online_store
     from streaming.errors import OnlineStoreUnavailable
 
-    class Pipeline:
-        def __init__(self, log: list[tuple[object, ...]], fail: bool) -> None:
-            self.log, self.fail = log, fail
+    class Connection:
+        """The calls the sink makes on redis-py's Connection: a pipelined send, then one reply per command."""
 
-        def execute_command(self, *args: object) -> None:
-            self.log.append(args)
-
-        def execute(self) -> None:
-            if self.fail:
-                raise redis.ConnectionError("Connection reset by peer")
-
-        def reset(self) -> None:
-            pass
-
-    class Client:
         def __init__(self) -> None:
             self.log: list[tuple[object, ...]] = []
             self.fail = False
+            self.unread = 0
 
-        def pipeline(self, transaction: bool) -> Pipeline:
-            return Pipeline(self.log, self.fail)
+        def pack_commands(self, commands: list[tuple[object, ...]]) -> list[tuple[object, ...]]:
+            return commands
+
+        def send_packed_command(self, commands: list[tuple[object, ...]], check_health: bool) -> None:
+            self.log += commands
+            self.unread += len(commands)
+
+        def read_response(self) -> int:
+            if self.fail:
+                raise redis.ConnectionError("Connection reset by peer")
+            self.unread -= 1
+            return 1
+
+        def disconnect(self) -> None:
+            self.unread = 0
 
     sink = online_store.OnlineStoreSink("h:1", project="freshrank")
-    client = Client()
-    sink._client = client  # type: ignore[assignment]
+    client = Connection()
+    sink._connection = client
     row = FeatureRow("item_stream_features", "i-1", {}, 1, 1, None)
 
     def expires() -> int:
@@ -86,6 +88,7 @@ def test_each_key_gets_one_expire_per_rearm_period_and_again_after_a_failed_writ
         return count
 
     sink.write([row, row._replace(entity_id="i-2")])
+    assert client.unread == 0  # every reply read: the connection stays in step
     assert expires() == 2
     sink.write([row])
     assert expires() == 0
