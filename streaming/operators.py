@@ -771,12 +771,14 @@ class RowWriter:
         self._retry(lambda: self._sink.write(rows))
         written = wall_clock_ms()
         counts: dict[str, int] = {}
+        ages: list[int] = []
         for row in rows:
             counts[row.view] = counts.get(row.view, 0) + 1
             if row.newest_event_ms is not None:
-                self._freshness.observe(max(0, written - row.newest_event_ms) / 1000)
+                ages.append(max(0, written - row.newest_event_ms))
         for view, count in counts.items():
             metrics.ROWS_WRITTEN.labels(view).inc(count)
+        self._freshness.observe_ms(ages)
         self._freshness.publish()
 
     def _retry(self, action: Any) -> None:
