@@ -76,7 +76,7 @@ class AdmissionGate:
         self._seen: dict[str, int] = seen if seen is not None else {}
         # The entries of `_seen` as `to_bytes` writes them, in the same order, kept as ids are added: the
         # job saves a gate on every poll that changes it, and re-encoding a few hundred ids each time cost
-        # a few percent of the job's interpreter (py-spy --gil, README "Where the stream job's time goes").
+        # a few percent of the job's interpreter (py-spy --gil, README "The interpreter's share").
         self._encoded = bytearray(_encode_entries(self._seen))
 
     def admit(self, event: InteractionEvent, ingest_ms: int | None = None) -> Admission:
