@@ -49,14 +49,15 @@ _HEADER = struct.Struct(">BqI")
 _ENTRY = struct.Struct(">qH")
 
 
+def _entry(event_id: str, event_time_ms: int) -> bytes:
+    """One remembered id as `AdmissionGate.to_bytes` lays it out: event time, id length, utf-8 id."""
+    encoded = event_id.encode()
+    return _ENTRY.pack(event_time_ms, len(encoded)) + encoded
+
+
 def _encode_entries(seen: dict[str, int]) -> bytes:
     """The remembered ids as `AdmissionGate.to_bytes` lays them out after its header, in insertion order."""
-    parts = []
-    for event_id, event_time_ms in seen.items():
-        encoded = event_id.encode()
-        parts.append(_ENTRY.pack(event_time_ms, len(encoded)))
-        parts.append(encoded)
-    return b"".join(parts)
+    return b"".join([_entry(event_id, event_time_ms) for event_id, event_time_ms in seen.items()])
 
 
 class Admission(StrEnum):
@@ -89,9 +90,7 @@ class AdmissionGate:
         if event.event_id in self._seen:
             return Admission.DUPLICATE
         self._seen[event.event_id] = event.event_time_ms
-        encoded = event.event_id.encode()
-        self._encoded += _ENTRY.pack(event.event_time_ms, len(encoded))
-        self._encoded += encoded
+        self._encoded += _entry(event.event_id, event.event_time_ms)
         if newest is None or event.event_time_ms > newest:
             self.newest_ms = event.event_time_ms
             self._forget_before(event.event_time_ms - self.lateness_ms)
