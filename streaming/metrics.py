@@ -153,6 +153,11 @@ def serve(port: int, addr: str = "127.0.0.1") -> None:
             _server_port = port
 
 
+_SLOTS_PER_S = 10
+"""Samples leave the gauges' horizon a tenth of a second at a time (the benchmark reads the gauges right after
+its run: a coarser step would let samples from before its measured span in)."""
+
+
 class RecentFreshness:
     """Freshness samples of the last `horizon_s` (to a tenth of a second), for the p50/p99 gauges of `freshrank status`.
 
@@ -173,9 +178,6 @@ class RecentFreshness:
         self._published = -float("inf")
         # Both feature operators' threads observe and publish (thread mode: one interpreter).
         self._lock = threading.Lock()
-
-    def observe(self, freshness_s: float, now: float | None = None) -> None:
-        self.observe_ms([round(freshness_s * 1000)], now)
 
     def observe_ms(self, freshness_ms: list[int], now: float | None = None) -> None:
         """Count the freshness (ms) of a batch of rows written at `now`."""
@@ -212,11 +214,6 @@ class RecentFreshness:
         FRESHNESS_SAMPLES.set(n)
         for label, q in (("0.5", 0.5), ("0.99", 0.99), ("1", 1.0)):
             FRESHNESS_RECENT.labels(label).set(_nth(values, min(n - 1, int(q * n))) / 1000 if n else 0.0)
-
-
-_SLOTS_PER_S = 10
-"""Samples leave the gauges' horizon a tenth of a second at a time (the benchmark reads the gauges right after
-its run: a coarser step would let samples from before its measured span in)."""
 
 
 def _nth(counts: list[tuple[int, int]], index: int) -> int:

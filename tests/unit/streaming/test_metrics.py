@@ -83,20 +83,21 @@ def test_the_recent_freshness_quantiles_are_exact_over_the_horizon() -> None:
     """Brute force: every sample of the last horizon (to a tenth of a second), sorted, read at n * q."""
     rng = random.Random(7)
     tracker = metrics.RecentFreshness(horizon_s=10.0, every_s=0.0)
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, int]] = []
     now = 1_000.25
     for step in range(400):
         now += rng.choice([0.0, 0.01, 0.3, 1.0])
-        for _ in range(rng.randrange(0, 30)):
-            freshness_s = rng.choice([rng.randrange(0, 3_000), rng.randrange(0, 60_000), 0]) / 1000
-            tracker.observe(freshness_s, now)
-            samples.append((now, freshness_s))
+        batch = [
+            rng.choice([rng.randrange(0, 3_000), rng.randrange(0, 60_000), 0]) for _ in range(rng.randrange(0, 30))
+        ]
+        tracker.observe_ms(batch, now)  # one write's rows
+        samples += [(now, freshness_ms) for freshness_ms in batch]
         if step % 7:
             continue
         tracker.publish(now)
         kept = sorted(value for at, value in samples if int(at * 10) + 1 > (now - 10.0) * 10)
         assert REGISTRY.get_sample_value("freshrank_stream_freshness_recent_samples") == len(kept)
         for label, q in (("0.5", 0.5), ("0.99", 0.99), ("1", 1.0)):
-            expected = kept[min(len(kept) - 1, int(q * len(kept)))] if kept else 0.0
+            expected = kept[min(len(kept) - 1, int(q * len(kept)))] / 1000 if kept else 0.0
             got = REGISTRY.get_sample_value("freshrank_stream_freshness_recent_seconds", {"quantile": label})
             assert got == expected, (label, step)
