@@ -102,10 +102,11 @@ def build(env: StreamExecutionEnvironment, settings: StreamSettings, declared: t
         .name("metronome")
         .uid("metronome")
     )
-    # (partition, partition count, topic id), from one keyed instance that holds the job's layout.
+    # (partition, partition count, item buckets, topic id), from one keyed instance that holds the job's layout.
+    poll_type = Types.TUPLE([Types.INT(), Types.INT(), Types.INT(), Types.STRING()])
     polls = (
         ticks.key_by(lambda _tick: 0, key_type=Types.INT())
-        .process(PartitionFanOut(settings), output_type=Types.TUPLE([Types.INT(), Types.INT(), Types.STRING()]))
+        .process(PartitionFanOut(settings), output_type=poll_type)
         .name("partition fan-out")
         .uid("partition-fan-out")
     )

@@ -71,6 +71,7 @@ from streaming.partition import (
     PartitionState,
     ProcessorConfig,
     layout_problem,
+    running_layout,
 )
 from streaming.settings import StreamSettings
 
@@ -156,7 +157,7 @@ class Metronome(MapFunction):  # type: ignore[misc]
 
 
 class PartitionFanOut(KeyedProcessFunction):  # type: ignore[misc]
-    """Turns each tick into one poll request (partition, partition count, topic id) per partition.
+    """Turns each tick into one poll request (partition, partition count, item buckets, topic id) per partition.
 
     Keyed by a constant, so the layout the job's state was built with (partition
     count, item buckets) is one value in keyed state, checkpointed with the rest.
@@ -178,17 +179,18 @@ class PartitionFanOut(KeyedProcessFunction):  # type: ignore[misc]
         self._admin = AdminClient(self.settings.kafka_config())
         self._layout_state = runtime_context.get_state(ValueStateDescriptor("layout", Types.PICKLED_BYTE_ARRAY()))
 
-    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[tuple[int, int, str]]:
+    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[tuple[int, int, int, str]]:
         if time.monotonic() - self._refreshed > self.settings.partition_refresh_s or not self._partitions:
             self._refresh()
         if not self._partitions:
             return
-        running = Layout(len(self._partitions), self.settings.item_buckets)
         data = self._layout_state.value()
-        if data is None:
+        saved = Layout.from_bytes(data) if data is not None else None
+        running = running_layout(saved, len(self._partitions), self.settings.item_buckets)
+        if saved is None:
             self._layout_state.update(running.to_bytes())
         else:
-            problem = layout_problem(Layout.from_bytes(data), running)
+            problem = layout_problem(saved, running)
             if problem is not None:
                 metrics.LAYOUT_MISMATCH.set(1)
                 metrics.READING_PAUSED.labels("layout").set(1)
@@ -196,9 +198,9 @@ class PartitionFanOut(KeyedProcessFunction):  # type: ignore[misc]
                     self._warned = time.monotonic()
                     log.error("reading stopped: %s", problem)
                 return
-        count = running.partitions
+        count, buckets = running.partitions, running.item_buckets
         for partition in self._partitions:
-            yield partition, count, self._topic_id
+            yield partition, count, buckets, self._topic_id
 
     def _refresh(self) -> None:
         topic_name = self.settings.topic
@@ -387,7 +389,6 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
             ProcessorConfig(
                 lateness_ms=settings.lateness_ms,
                 max_skew_ms=settings.max_ingest_skew_ms,
-                item_buckets=settings.item_buckets,
                 max_dlq_value_bytes=settings.max_dlq_record_bytes,
             ),
             self._catalog.category,
@@ -430,8 +431,8 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
                     held.declared.set_capacity(share)
         return state
 
-    def process_element(self, poll: tuple[int, int, str], ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        partition, partition_count, topic_id = poll
+    def process_element(self, poll: tuple[int, int, int, str], ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        partition, partition_count, item_buckets, topic_id = poll
         state = self._state_of(partition)
         if state.meta.topic_recreated(topic_id):
             metrics.OFFSET_RESETS.labels(str(partition), "topic_recreated").inc()
@@ -447,7 +448,7 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
         if reset is not None:
             state.meta.next_offset = reset.resume_at
         clock = wall_clock_ms()
-        result = self._processor.process(partition, state, records, clock, partition_count)
+        result = self._processor.process(partition, state, records, clock, Layout(partition_count, item_buckets))
         if result.stalled_at is not None:
             self._reader.seek(partition, result.stalled_at)
             metrics.READING_PAUSED.labels("schema_registry").set(1)
@@ -475,7 +476,7 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
             # this partition's clock for its evictions.
             self._heartbeat = time.monotonic()
             metrics.ENTITIES.labels(USER_VIEW).set(sum(len(s.users) for s in self._states.values()))
-            for bucket in range(self.settings.item_buckets):
+            for bucket in range(item_buckets):
                 by_bucket.setdefault(bucket, [])
         self._writer.write(result.user_rows)
         meta = state.meta

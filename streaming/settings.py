@@ -68,8 +68,12 @@ class StreamSettings(BaseSettings, KafkaConnection):
         20, gt=0, description="Rate of the tick source; each tick polls every partition once (adds up to 1/rate s)."
     )
     max_records_per_poll: int = Field(2000, gt=0, description="Records one tick reads from one partition, at most.")
-    item_buckets: int = Field(
-        16, gt=0, description="Flink keys of the item operator; items are spread over them by hash of item_id."
+    item_buckets: int | None = Field(
+        None,
+        gt=0,
+        description="Flink keys of the item operator; items are spread over them by hash of item_id. Unset: the "
+        "count the job's state was built with, or 4 for new state (streaming.partition.DEFAULT_ITEM_BUCKETS). "
+        "The item operator's parallelism cannot usefully exceed it.",
     )
     entity_cache_size: int = Field(
         100_000,

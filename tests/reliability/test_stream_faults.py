@@ -180,17 +180,29 @@ def test_a_recreated_topic_is_detected_and_read_from_its_start(
 def test_a_changed_layout_stops_reading_instead_of_splitting_users(
     start_job: StartJob, bootstrap: str, redis_server: Component, feast_registry: Path, tmp_path: Path
 ) -> None:
-    """Fault: ITEM_BUCKETS changed across a restore, then the topic comes back with more partitions."""
+    """Fault: ITEM_BUCKETS changed across a restore, then the topic comes back with more partitions.
+
+    The state is built with 16 buckets, the default of earlier releases: a job that sets no count takes the
+    state's and reads on exactly; one that sets another count stops reading.
+    """
     topic = create_topic(bootstrap, PARTITIONS)
-    events, categories, world = world_events(600, seed=14)
+    events, categories, world = world_events(900, seed=14)
     write_catalog(world.catalog(), tmp_path / "catalog.parquet")
     produce_raw(bootstrap, topic, list(encoded(events[:300])))
-    first = start_job(topic)
+    first = start_job(topic, item_buckets="16")
     wait_until(lambda: first.metric('freshrank_stream_events_total{outcome="admitted"}') >= 300, 180, "events")
     wait_until(lambda: list((tmp_path / "checkpoints").glob("*/chk-*/_metadata")), 60, "a checkpoint")
     first.kill(signal.SIGKILL)
 
-    produce_raw(bootstrap, topic, list(encoded(events[300:])))
+    produce_raw(bootstrap, topic, list(encoded(events[300:600])))
+    unset = start_job(topic)  # no count set: the state's 16, not the default 4
+    by_user, by_item = expected_features(events[:600], categories, LATENESS_MS)
+    problems = wait_exact(lambda: mismatches(redis_server.address, feast_registry, by_user, by_item, categories), 240)
+    assert problems == [], problems[:20]
+    assert unset.metric("freshrank_stream_layout_mismatch") == 0
+    unset.kill(signal.SIGKILL)
+
+    produce_raw(bootstrap, topic, list(encoded(events[600:])))
     other_buckets = start_job(topic, item_buckets="7")
     wait_until(lambda: other_buckets.metric("freshrank_stream_layout_mismatch") == 1, 60, "layout mismatch")
     assert other_buckets.metric('freshrank_stream_events_total{outcome="admitted"}') == 0
@@ -199,7 +211,7 @@ def test_a_changed_layout_stops_reading_instead_of_splitting_users(
 
     delete_topic(bootstrap, topic)
     create_topic(bootstrap, PARTITIONS * 2, name=topic)
-    produce_raw(bootstrap, topic, list(encoded(events[300:])))
+    produce_raw(bootstrap, topic, list(encoded(events[600:])))
     more_partitions = start_job(topic)
     wait_until(lambda: more_partitions.metric("freshrank_stream_layout_mismatch") == 1, 60, "layout mismatch")
     assert more_partitions.metric('freshrank_stream_events_total{outcome="admitted"}') == 0

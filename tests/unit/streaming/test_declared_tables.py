@@ -10,7 +10,7 @@ from features.declared import AggregationSpec, DeclaredView, replay_declared
 from features.definitions import WindowSpec
 from features.events import EventType, InteractionEvent
 from streaming.entities import MemoryStore
-from streaming.partition import PartitionProcessor, ProcessorConfig
+from streaming.partition import Layout, PartitionProcessor, ProcessorConfig
 from streaming.testing import MemoryPartition, records_for
 from tests.factories import NOW_MS
 
@@ -47,12 +47,12 @@ def run_polls(
     records = records_for(log, 1, first_offset=start_offset)[0]
     for start in range(0, len(records), 40):
         state = memory.state()
-        result = proc.process(0, state, records[start : start + 40], now, 1)
+        result = proc.process(0, state, records[start : start + 40], now, Layout(1, 4))
         memory.save(state)
         rows += result.user_rows
         now += 150  # each poll past the flush interval: rows of the previous poll are due
     state = memory.state()
-    rows += proc.process(0, state, [], now + 1_000, 1).user_rows
+    rows += proc.process(0, state, [], now + 1_000, Layout(1, 4)).user_rows
     memory.save(state)
     return rows
 
@@ -60,7 +60,7 @@ def run_polls(
 def processor() -> PartitionProcessor:
     from features.codec import EventCodec
 
-    config = ProcessorConfig(lateness_ms=300_000, max_skew_ms=60_000, item_buckets=4, max_dlq_value_bytes=65536)
+    config = ProcessorConfig(lateness_ms=300_000, max_skew_ms=60_000, max_dlq_value_bytes=65536)
     return PartitionProcessor(config, lambda item_id: None, EventCodec())
 
 

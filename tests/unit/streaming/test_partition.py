@@ -12,6 +12,7 @@ from features.events import EventType, InteractionEvent, Rejection
 from features.partitioning import partition_for
 from features.user import replay_user
 from streaming.partition import (
+    DEFAULT_ITEM_BUCKETS,
     MAX_REASON_BYTES,
     Layout,
     PartitionMeta,
@@ -19,6 +20,7 @@ from streaming.partition import (
     PollResult,
     ProcessorConfig,
     layout_problem,
+    running_layout,
 )
 from streaming.testing import FakeRecord, MemoryPartition, records_for
 from tests.factories import avro_string_length
@@ -33,7 +35,6 @@ def processor(**overrides: int) -> PartitionProcessor:
     config = ProcessorConfig(
         lateness_ms=LATENESS_MS,
         max_skew_ms=overrides.get("max_skew_ms", 60_000),
-        item_buckets=overrides.get("item_buckets", 4),
         max_dlq_value_bytes=MAX_DLQ_BYTES,
         evict_every_ms=overrides.get("evict_every_ms", 10_000),
     )
@@ -44,7 +45,7 @@ def poll(
     proc: PartitionProcessor, memory: MemoryPartition, records: list[FakeRecord], now_ms: int, count: int = 1
 ) -> PollResult:
     state = memory.state()
-    result = proc.process(0, state, records, now_ms, count)
+    result = proc.process(0, state, records, now_ms, Layout(count, 4))
     memory.save(state)
     return result
 
@@ -144,6 +145,18 @@ def test_a_layout_other_than_the_states_is_refused_with_what_to_do() -> None:
     other_buckets = layout_problem(saved, Layout(8, 16))
     assert other_buckets is not None and "FRESHRANK_STREAM_ITEM_BUCKETS=4" in other_buckets
     assert Layout.from_bytes(saved.to_bytes()) == saved
+
+
+def test_the_bucket_count_is_the_one_set_else_the_states_else_the_default() -> None:
+    assert running_layout(None, 8, None) == Layout(8, DEFAULT_ITEM_BUCKETS)
+    assert running_layout(None, 8, 16) == Layout(8, 16)
+    # State of an earlier release (16 buckets by default) restores and reads on when nothing is set ...
+    built_with_16 = Layout(8, 16)
+    assert running_layout(built_with_16, 8, None) == built_with_16
+    assert layout_problem(built_with_16, running_layout(built_with_16, 8, None)) is None
+    # ... and a count set explicitly still has to match it.
+    assert layout_problem(built_with_16, running_layout(built_with_16, 8, 4)) is not None
+    assert running_layout(built_with_16, 12, None) == Layout(12, 16)
 
 
 def test_a_recreated_topic_is_read_from_its_first_offset() -> None:
