@@ -51,7 +51,7 @@ bench: install ## Freshness and feed API benchmarks, each against its Feast base
 	$(RUN) freshrank bench freshness --rate 5000 --seconds 60 --json bench/results/freshness-5000.json --plot bench/results/freshness-5000.png
 	$(RUN) freshrank bench freshness --rate 5000 --seconds 60 --task-managers 2 --split-operators --json bench/results/freshness-5000-split.json --plot bench/results/freshness-5000-split.png
 	$(RUN) freshrank bench freshness --find-max --rate 1000 --seconds 30 --json bench/results/freshness-max.json
-	$(RUN) freshrank bench freshness --compare-parallelism --rate 6000 --seconds 30 --json bench/results/freshness-parallelism.json
+	$(RUN) freshrank bench freshness --compare-parallelism --rate 10000 --seconds 30 --json bench/results/freshness-parallelism.json
 	$(RUN) freshrank bench freshness --compare-parallelism --find-max --rate 2000 --seconds 30 --json bench/results/freshness-parallelism-max.json
 	$(RUN) freshrank bench serving --rps 400 --seconds 30 --candidates 500 --workers 2 --json bench/results/serving-400-w2.json
 	$(RUN) freshrank bench serving --rps 200 --seconds 30 --candidates 500 --workers 1 --find-max --json bench/results/serving-200-w1.json
