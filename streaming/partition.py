@@ -153,8 +153,8 @@ _LAYOUT = struct.Struct("<ii")
 # bucket with events to the item operator, and each costs a Flink crossing, state writes, a timer and a Redis
 # write there; in the mini-cluster both operators share one Python interpreter, so that per-batch cost is
 # paid in freshness: at 5,000 events/s, 16 buckets gave a p99 of 1.05-1.12 s, 4 buckets 0.51-0.54 s (README,
-# "Item buckets"). The item operator's parallelism cannot usefully exceed the bucket count: set more for a
-# cluster that will scale out further.
+# "Where it stands: four item buckets"). The item operator's parallelism cannot usefully exceed the bucket
+# count: set more for a cluster that will scale out further.
 DEFAULT_ITEM_BUCKETS = 4
 
 
