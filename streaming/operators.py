@@ -462,20 +462,21 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
             self._stalled = False
         if result.dead_letters:
             self._write_dead_letters(result.dead_letters)
+        if records or result.evicted:
+            # Before the event counts: a scrape that sees events admitted sees their users in the gauge.
+            metrics.ENTITIES.labels(USER_VIEW).set(sum(len(s.users) for s in self._states.values()))
         for outcome, count in result.counts.items():
             metrics.EVENTS.labels(outcome).inc(count)
         if result.clamped:
             metrics.CLOCK_SKEW_CLAMPED.inc(result.clamped)
         if result.evicted:
             metrics.ENTITIES_EVICTED.labels(USER_VIEW).inc(result.evicted)
-            metrics.ENTITIES.labels(USER_VIEW).set(sum(len(s.users) for s in self._states.values()))
         by_bucket = result.item_batches
         if time.monotonic() - self._heartbeat > 1.0:
             # Wakes every item bucket once a second, so one that gets no events still emits the
             # rows it owes (after a restore, too) without depending on restored timers, and learns
             # this partition's clock for its evictions.
             self._heartbeat = time.monotonic()
-            metrics.ENTITIES.labels(USER_VIEW).set(sum(len(s.users) for s in self._states.values()))
             for bucket in range(item_buckets):
                 by_bucket.setdefault(bucket, [])
         self._writer.write(result.user_rows)
