@@ -462,9 +462,9 @@ class UserFeaturesByPartition(KeyedProcessFunction):  # type: ignore[misc]
             self._stalled = False
         if result.dead_letters:
             self._write_dead_letters(result.dead_letters)
-        if records or result.evicted:
-            # Before the event counts: a scrape that sees events admitted sees their users in the gauge.
-            metrics.ENTITIES.labels(USER_VIEW).set(sum(len(s.users) for s in self._states.values()))
+        # Every poll (also after a restore with nothing to read), and before the event counts: a scrape
+        # that sees events admitted sees their users in the gauge.
+        metrics.ENTITIES.labels(USER_VIEW).set(sum(len(s.users) for s in self._states.values()))
         for outcome, count in result.counts.items():
             metrics.EVENTS.labels(outcome).inc(count)
         if result.clamped:
